@@ -1,0 +1,23 @@
+"""Principal Filter Analysis for PyTorch: analyse layer responses, decide smaller widths, cut the model.
+
+Example:
+    >>> import pfa_lightning as pfa
+    >>> stats = pfa.collect_responses(model, dataloader, max_samples=2000)
+    >>> recipe = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x)
+    >>> pfa.apply_recipe(model, recipe, example_inputs=x)   # the model is now smaller
+"""
+
+from pfa_lightning.footprint import count_flops, count_params
+from pfa_lightning.recipe import LayerRecipe, Recipe, apply_recipe, make_recipe, spectra_of
+from pfa_lightning.selection import SELECTIONS, select_units
+from pfa_lightning.spectrum import Spectrum
+from pfa_lightning.stats import LayerStats, ResponseStats, collect_responses
+from pfa_lightning.strategies import KL, Energy, Footprint, Strategy, resolve_strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KL", "SELECTIONS", "Energy", "Footprint", "LayerRecipe", "LayerStats", "Recipe", "ResponseStats",
+    "Spectrum", "Strategy", "apply_recipe", "collect_responses", "count_flops", "count_params",
+    "make_recipe", "resolve_strategy", "select_units", "spectra_of",
+]

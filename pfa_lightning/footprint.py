@@ -1,0 +1,66 @@
+"""Network footprint: parameter and FLOP counts, and the footprint a set of widths would give."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from pfa_lightning.graph import ModelGraph, clone_inputs, run_model
+
+METRICS = ("params", "flops")
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; BatchNorm running statistics are buffers, not counted)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_flops(model: nn.Module, example_inputs: Any) -> int:
+    """FLOPs of one forward pass on a single sample shaped like ``example_inputs[0]``.
+
+    Counted by Torch-Pruning's operation counter, where a multiply-accumulate counts as one
+    operation (the convention of the pruning literature, the PFA paper included), plus
+    BatchNorm, activation and pooling operations. The model is not modified.
+    """
+    flops, _ = tp.utils.count_ops_and_params(model, clone_inputs(example_inputs, 1))
+    return int(flops)
+
+
+def measure(model: nn.Module, example_inputs: Any, metric: str) -> int:
+    return count_params(model) if metric == "params" else count_flops(model, example_inputs)
+
+
+class FootprintProbe:
+    """The exact footprint of the network that given widths would produce.
+
+    Each query prunes a weightless copy of the model (on PyTorch's ``meta`` device; on the CPU
+    if the model cannot run there), so the count includes everything surgery changes: the
+    consumers' input channels, BatchNorm parameters, flatten -> Linear features.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, metric: str) -> None:
+        self.metric = metric
+        self._cache: dict[tuple[tuple[str, int], ...], int] = {}
+        try:
+            self.template = copy.deepcopy(model).to("meta")
+            self.inputs = clone_inputs(example_inputs, 1, "meta")
+            with torch.no_grad():
+                run_model(self.template, self.inputs)
+        except Exception:  # data-dependent control flow etc.: use a real CPU copy instead
+            self.template = copy.deepcopy(model).cpu()
+            self.inputs = clone_inputs(example_inputs, 1, "cpu")
+        self.full = measure(self.template, self.inputs, metric)
+
+    def __call__(self, keep: Mapping[str, int]) -> int:
+        key = tuple(sorted(keep.items()))
+        if key not in self._cache:
+            model = copy.deepcopy(self.template)
+            graph = ModelGraph(model, self.inputs)
+            widths = {s.root: s.width for s in graph.spaces}
+            graph.prune({root: range(k, widths[root]) for root, k in keep.items() if k < widths[root]})
+            self._cache[key] = measure(model, self.inputs, self.metric)
+        return self._cache[key]

@@ -1,0 +1,296 @@
+"""The model's channel spaces, found with Torch-Pruning's dependency graph.
+
+A *channel space* is a set of output channels that must shrink together: one
+conv's outputs, or, in a residual stage, the outputs of every conv added into
+the same stream (Torch-Pruning calls it a pruning group). The Conv/Linear layers
+whose outputs live in a space are its *producers*; PFA makes one decision per
+space. Spaces that reach the model's output (the classifier) are never analysed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import Tensor, nn
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A non-linearity applied to a layer's output, recovered from the autograd graph."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    monotone: bool  # non-decreasing: then act(max(x)) == max(act(x)) and pooling may go first
+
+
+def _saved(grad_fn: Any, attr: str, default: Any) -> Any:
+    try:
+        value = getattr(grad_fn, attr)
+    except Exception:  # attribute absent in this torch build
+        return default
+    return default if value is None else value
+
+
+def _activation_of(grad_fn: Any) -> Activation | None:
+    """The activation an autograd node computes, or None when it is not a known element-wise one."""
+    if grad_fn is None:
+        return None
+    kind = grad_fn.name()
+    if kind == "ReluBackward0":
+        return Activation("ReLU", torch.relu, True)
+    if kind == "LeakyReluBackward0":
+        slope = float(_saved(grad_fn, "_saved_negative_slope", 0.01))
+        return Activation(f"LeakyReLU({slope:g})", partial(F.leaky_relu, negative_slope=slope), slope >= 0)
+    if kind == "HardtanhBackward0":
+        lo, hi = float(_saved(grad_fn, "_saved_min_val", -1.0)), float(_saved(grad_fn, "_saved_max_val", 1.0))
+        return Activation(f"Hardtanh({lo:g}, {hi:g})", partial(F.hardtanh, min_val=lo, max_val=hi), True)
+    if kind == "EluBackward0":
+        alpha = float(_saved(grad_fn, "_saved_alpha", 1.0))
+        return Activation(f"ELU({alpha:g})", partial(F.elu, alpha=alpha), alpha >= 0)
+    if kind == "GeluBackward0":
+        approx = str(_saved(grad_fn, "_saved_approximate", "none"))
+        return Activation("GELU", partial(F.gelu, approximate=approx), False)
+    simple = {
+        "SigmoidBackward0": ("Sigmoid", torch.sigmoid, True),
+        "TanhBackward0": ("Tanh", torch.tanh, True),
+        "SiluBackward0": ("SiLU", F.silu, False),
+        "HardswishBackward0": ("Hardswish", F.hardswish, False),
+        "HardsigmoidBackward0": ("Hardsigmoid", F.hardsigmoid, True),
+        "MishBackward0": ("Mish", F.mish, False),
+        "SoftplusBackward0": ("Softplus", F.softplus, True),
+    }
+    if kind in simple:
+        return Activation(*simple[kind])
+    return None
+
+
+@dataclass(frozen=True)
+class ResponsePoint:
+    """Where a producer's responses are read: a module to hook and the activation to apply."""
+
+    module_name: str
+    activation: Activation | None
+    unit_dim: int  # 1 for conv outputs (N, C, ...), -1 for linear outputs (..., C)
+    description: str
+
+
+@dataclass
+class ChannelSpace:
+    """One set of output channels that is pruned as a whole."""
+
+    root: str  # the first producer in module order; names the space
+    producers: list[str]  # Conv/Linear layers whose outputs are these channels
+    width: int
+    reaches_output: bool
+    members: list[str] = field(default_factory=list)  # every named module the group touches
+
+    @property
+    def coupled(self) -> bool:
+        return len(self.producers) > 1
+
+
+def clone_inputs(example_inputs: Any, n: int | None = None, device: torch.device | str | None = None) -> Any:
+    """Detached copies of (the first ``n`` samples of) example inputs, moved to ``device``."""
+    if isinstance(example_inputs, Tensor):
+        x = example_inputs[:n] if n is not None and example_inputs.dim() > 0 else example_inputs
+        return x.detach().to(device) if device is not None else x.detach()
+    if isinstance(example_inputs, (list, tuple)):
+        return type(example_inputs)(clone_inputs(v, n, device) for v in example_inputs)
+    if isinstance(example_inputs, dict):
+        return {k: clone_inputs(v, n, device) for k, v in example_inputs.items()}
+    return example_inputs
+
+
+def run_model(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` the way Torch-Pruning does: dicts as keywords, tuples/lists as positionals."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _with_grad(inputs: Any) -> Any:
+    # Tracing follows grad_fn; an input that requires grad gives every op one even in a frozen model.
+    if isinstance(inputs, Tensor) and inputs.is_floating_point():
+        return inputs.detach().clone().requires_grad_(True)
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_with_grad(v) for v in inputs)
+    if isinstance(inputs, dict):
+        return {k: _with_grad(v) for k, v in inputs.items()}
+    return inputs
+
+
+class _ModelState:
+    """Everything surgery may replace in a model, so that a failed surgery can be undone exactly."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._saved = [
+            (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), m.training) for m in model.modules()
+        ]
+
+    def restore(self) -> None:
+        for module, attrs, params, buffers, training in self._saved:
+            module.__dict__.clear()
+            module.__dict__.update(attrs)
+            module.__dict__["_parameters"] = params
+            module.__dict__["_buffers"] = buffers
+            module.training = training
+
+    def restore_training_flags(self) -> None:
+        for module, *_, training in self._saved:
+            module.training = training
+
+
+class ModelGraph:
+    """Channel spaces and response points of ``model``, traced on ``example_inputs``.
+
+    The model's train/eval flags are left as they were (Torch-Pruning's tracing sets eval).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any) -> None:
+        self.model = model
+        self._names = {m: n for n, m in model.named_modules()}
+        state = _ModelState(model)
+        try:
+            with torch.enable_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=_with_grad(clone_inputs(example_inputs, 2)), verbose=False
+                )
+        finally:
+            state.restore_training_flags()
+        self.spaces: list[ChannelSpace] = self._find_spaces()
+        self._used = False
+        self._before: _ModelState | None = None
+
+    # -- discovery ---------------------------------------------------------------------------
+    def _find_spaces(self) -> list[ChannelSpace]:
+        spaces: list[ChannelSpace] = []
+        seen: set[nn.Module] = set()
+        order = {m: i for i, m in enumerate(self.model.modules())}
+        layers = sorted((m for m in self.dg.module2node if isinstance(m, PRUNABLE_TYPES)), key=order.__getitem__)
+        for layer in layers:
+            if layer in seen:
+                continue
+            pruner = self.dg.get_pruner_of_module(layer)
+            width = pruner.get_out_channels(layer)
+            group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(width)))
+            producers, members, reaches_output = [], [], False
+            for item in group:
+                dep = item.dep
+                module = dep.target.module
+                is_out = self.dg.is_out_channel_pruning_fn(dep.handler)
+                if isinstance(module, nn.Module) and module in self._names:
+                    members.append(self._names[module])
+                if is_out and isinstance(module, PRUNABLE_TYPES) and module not in seen:
+                    seen.add(module)
+                    producers.append(module)
+                if is_out and not dep.target.outputs:
+                    reaches_output = True
+            producers.sort(key=order.__getitem__)
+            names = [self._names[m] for m in producers]
+            spaces.append(ChannelSpace(names[0], names, width, reaches_output, sorted(set(members))))
+        return spaces
+
+    def space_of(self, layer_name: str) -> ChannelSpace | None:
+        for space in self.spaces:
+            if layer_name in space.producers:
+                return space
+        return None
+
+    def prunable_layers(self) -> list[str]:
+        """Conv/Linear layers whose outputs do not reach the model output, in module order."""
+        return [p for s in self.spaces if not s.reaches_output for p in s.producers]
+
+    def response_point(self, layer_name: str) -> ResponsePoint:
+        """Follow ``layer -> [BatchNorm] -> activation`` and say which tensor to read."""
+        layer = self.model.get_submodule(layer_name)
+        node = self.dg.module2node[layer]
+        hook, chain = layer, [layer_name]
+        activation: Activation | None = None
+        nonlinear = False
+        while len(node.outputs) == 1:
+            nxt = node.outputs[0]
+            if isinstance(nxt.module, _NORM_TYPES) and nxt.module in self._names:
+                node, hook = nxt, nxt.module
+                chain.append(self._names[hook])
+                continue
+            if isinstance(nxt.module, nn.PReLU) and nxt.module in self._names:
+                hook, nonlinear = nxt.module, True  # a module: hook its output directly
+                chain.append(self._names[hook])
+                break
+            activation = _activation_of(nxt.grad_fn)
+            if activation is not None:
+                nonlinear = True
+                chain.append(activation.name)
+            break
+        unit_dim = -1 if isinstance(layer, nn.Linear) else 1
+        description = " -> ".join(chain)
+        if not nonlinear:
+            description += " (no non-linearity follows directly: pre-activation response)"
+        return ResponsePoint(self._names[hook], activation, unit_dim, description)
+
+    # -- surgery -----------------------------------------------------------------------------
+    def prune(self, removals: Mapping[str, Sequence[int]]) -> None:
+        """Remove output channels ``removals[root]`` (current numbering) from each named space.
+
+        All or nothing: if any step fails the model is restored exactly and the error re-raised.
+        A graph prunes once; build a new one for the next surgery.
+        """
+        if self._used:
+            raise RuntimeError("This ModelGraph already performed a surgery; build a new one.")
+        self._used = True
+        self._before = state = _ModelState(self.model)
+        try:
+            for root, idxs in removals.items():
+                idxs = sorted(int(i) for i in idxs)
+                if not idxs:
+                    continue
+                layer = self.model.get_submodule(root)
+                pruner = self.dg.get_pruner_of_module(layer)
+                group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, idxs)
+                group.prune()
+        except BaseException:
+            state.restore()
+            raise
+        state.restore_training_flags()
+
+    def undo(self) -> None:
+        """Put the model back exactly as it was before :meth:`prune`."""
+        if self._before is not None:
+            self._before.restore()
+            self._before = None
+
+
+def module_width(module: nn.Module) -> int:
+    """Number of output units of a Conv/Linear layer."""
+    return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)
+
+
+def match_layers(candidates: Sequence[str], patterns: Iterable[str] | None, what: str) -> set[str]:
+    """Names among ``candidates`` matched by glob ``patterns``; each pattern must match something."""
+    import fnmatch
+
+    if patterns is None:
+        return set(candidates)
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [c for c in candidates if c == pattern or fnmatch.fnmatchcase(c, pattern)]
+        if not hits:
+            raise ValueError(
+                f"`{what}` entry {pattern!r} matches no prunable layer; prunable layers are: {', '.join(candidates)}."
+            )
+        chosen.update(hits)
+    return chosen

@@ -1,0 +1,349 @@
+"""Recipes: which units each layer keeps, how they were chosen, and the surgery that applies them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from pfa_lightning.footprint import FootprintProbe
+from pfa_lightning.graph import ModelGraph, clone_inputs, module_width, run_model
+from pfa_lightning.selection import check_selection, select_units
+from pfa_lightning.spectrum import Spectrum
+from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
+from pfa_lightning.strategies import Strategy, resolve_strategy
+
+COUPLED_MODES = ("joint", "skip")
+RECIPE_VERSION = 1
+
+
+@dataclass
+class LayerRecipe:
+    """The decision for one analysed layer.
+
+    Attributes:
+        name: module path of the Conv/Linear layer.
+        original: its number of units when analysed.
+        kept_indices: the units kept, in the layer's numbering at analysis time (ascending).
+        group: the channel space it belongs to (named by its first layer); coupled layers share it.
+        response: which tensor was analysed (e.g. ``conv -> bn -> ReLU``).
+        diagnostics: plain numbers: ``inactive``, ``samples``, and per strategy ``kl``/``energy_kept``.
+    """
+
+    name: str
+    original: int
+    kept_indices: list[int]
+    group: str = ""
+    response: str = ""
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> int:
+        return len(self.kept_indices)
+
+    @property
+    def removed_indices(self) -> list[int]:
+        keep = set(self.kept_indices)
+        return [i for i in range(self.original) if i not in keep]
+
+
+@dataclass
+class Recipe:
+    """Per-layer widths and kept units, from :func:`make_recipe`; applied by :func:`apply_recipe`.
+
+    Plain data: :meth:`to_dict` gives JSON types and :meth:`from_dict` reads them back, so a
+    recipe can be stored with a checkpoint and replayed on a freshly built model.
+
+    Example:
+        >>> recipe = make_recipe(model, stats, KL(), example_inputs=x)
+        >>> recipe["features.0"].kept, recipe.table()
+    """
+
+    layers: list[LayerRecipe]
+    strategy: dict[str, Any] = field(default_factory=dict)
+    selection: str = "abs_max"
+    summary: dict[str, Any] = field(default_factory=dict)  # global diagnostics (threshold, footprint, ...)
+
+    def __getitem__(self, name: str) -> LayerRecipe:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"Layer {name!r} is not in the recipe; it has: {', '.join(self.names)}.")
+
+    def __iter__(self) -> Iterator[LayerRecipe]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {layer.name: layer.kept for layer in self.layers}
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain({
+            "version": RECIPE_VERSION,
+            "strategy": self.strategy,
+            "selection": self.selection,
+            "summary": self.summary,
+            "layers": [asdict(layer) for layer in self.layers],
+        })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
+        """Read a recipe written by :meth:`to_dict` (e.g. after ``json.loads``)."""
+        if not isinstance(data, Mapping) or "layers" not in data:
+            raise ValueError("Not a PFA recipe: expected a mapping with a 'layers' list (from Recipe.to_dict()).")
+        version = data.get("version", RECIPE_VERSION)
+        if version != RECIPE_VERSION:
+            raise ValueError(f"Unsupported recipe version {version!r}; this pfa_lightning reads version {RECIPE_VERSION}.")
+        layers = []
+        for entry in data["layers"]:
+            try:
+                layers.append(LayerRecipe(
+                    name=str(entry["name"]), original=int(entry["original"]),
+                    kept_indices=[int(i) for i in entry["kept_indices"]], group=str(entry.get("group", "")),
+                    response=str(entry.get("response", "")), diagnostics=dict(entry.get("diagnostics", {})),
+                ))
+            except (KeyError, TypeError) as err:
+                raise ValueError(f"Malformed recipe layer entry {entry!r}: {err}") from None
+        return cls(layers, dict(data.get("strategy", {})), str(data.get("selection", "abs_max")),
+                   dict(data.get("summary", {})))
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        return cls.from_dict(json.loads(text))
+
+    def table(self, title: str | None = None):
+        """A :class:`rich.table.Table` of the recipe: units before/after per layer, and diagnostics."""
+        from rich.table import Table
+
+        name = self.strategy.get("name", "?")
+        options = ", ".join(f"{k}={v}" for k, v in self.strategy.items() if k != "name")
+        table = Table(title=title or f"PFA recipe: {name}{f' ({options})' if options else ''}, selection={self.selection}")
+        for col, kw in (("layer", {}), ("group", {}), ("units", {"justify": "right"}), ("kept", {"justify": "right"}),
+                        ("kept %", {"justify": "right"}), ("inactive", {"justify": "right"}), ("diagnostic", {})):
+            table.add_column(col, **kw)
+        for layer in self.layers:
+            d = layer.diagnostics
+            diag = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()
+                             if k not in ("inactive", "samples"))
+            table.add_row(layer.name, "" if layer.group == layer.name else layer.group, str(layer.original),
+                          str(layer.kept), f"{100 * layer.kept / layer.original:.0f}", str(d.get("inactive", "")), diag)
+        total, kept = sum(l.original for l in self.layers), sum(l.kept for l in self.layers)
+        if total:
+            table.add_row("[bold]total", "", str(total), str(kept), f"{100 * kept / total:.0f}", "", "")
+        return table
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy/torch scalars and containers -> plain Python types (``torch.load(weights_only=True)`` safe)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, torch.Tensor):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    return obj
+
+
+def _check_min_units(min_units: Any) -> int:
+    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
+        raise ValueError(f"`min_units` must be an integer >= 1, got {min_units!r}.")
+    return min_units
+
+
+def make_recipe(
+    model: nn.Module,
+    stats: ResponseStats,
+    strategy: Strategy | str,
+    *,
+    example_inputs: Any,
+    selection: str = "abs_max",
+    min_units: int = 1,
+    coupled: str = "joint",
+) -> Recipe:
+    """Decide, from collected responses, how many and which units each layer keeps.
+
+    Args:
+        model: the model the statistics were collected on (unchanged by this call).
+        stats: from :func:`collect_responses`.
+        strategy: :class:`KL`, :class:`Energy`, :class:`Footprint` (or ``"kl"``).
+        example_inputs: a batch of model inputs, to trace the model (and count FLOPs).
+        selection: ``"abs_max"`` (the paper's) or ``"l1_max"``.
+        min_units: floor on the units any layer keeps.
+        coupled: ``"joint"``: layers whose outputs are added together (residual stages) get one
+            decision from their pooled statistics; ``"skip"``: such groups are left whole.
+
+    Raises:
+        ValueError: unknown strategy/selection/coupled, bad ``min_units``, statistics that do not
+            match the model, no analysable layer, or an unreachable footprint target.
+    """
+    strategy = resolve_strategy(strategy)
+    check_selection(selection)
+    min_units = _check_min_units(min_units)
+    if coupled not in COUPLED_MODES:
+        raise ValueError(f"`coupled` must be one of {COUPLED_MODES}, got {coupled!r}.")
+    if not isinstance(stats, ResponseStats):
+        raise ValueError(f"`stats` must be the ResponseStats returned by collect_responses, got {type(stats).__name__}.")
+    stats.check_finite()
+
+    graph = ModelGraph(model, example_inputs)
+    spectra: list[Spectrum] = []
+    spaces = []
+    for space in graph.spaces:
+        if space.reaches_output or not all(p in stats for p in space.producers):
+            continue
+        if coupled == "skip" and space.coupled:
+            continue
+        for p in space.producers:
+            if stats[p].units != space.width:
+                raise ValueError(
+                    f"Statistics for layer {p!r} have {stats[p].units} units but the model's layer has "
+                    f"{space.width}: the statistics were collected on a different model."
+                )
+        members = [stats[p] for p in space.producers]
+        samples = min(s.num_samples for s in members)
+        spectrum = Spectrum(space.root, pooled_covariance(members), samples)
+        small = [s for s in members if s.num_samples < s.units]
+        for s in small:
+            warn_small(s)
+        spectrum.frozen = bool(small)
+        spectra.append(spectrum)
+        spaces.append(space)
+    if not spectra:
+        raise ValueError(
+            f"No analysable layer in {type(model).__name__}: the statistics cover none of its prunable "
+            f"layers ({', '.join(graph.prunable_layers()) or 'none'})."
+        )
+
+    def clamp(k: int, sp: Spectrum) -> int:
+        return sp.units if sp.frozen else max(min(min_units, sp.units), min(k, sp.units))
+
+    probe = FootprintProbe(model, example_inputs, strategy.metric) if strategy.needs_probe else None  # type: ignore[attr-defined]
+    decision = strategy.decide(spectra, clamp, probe)
+
+    layers: list[LayerRecipe] = []
+    for space, sp, k, diag in zip(spaces, spectra, decision.counts, decision.diagnostics):
+        kept = select_units(sp, k, selection).tolist()
+        for producer in space.producers:
+            layers.append(LayerRecipe(
+                name=producer, original=space.width, kept_indices=kept, group=space.root,
+                response=stats[producer].response,
+                diagnostics={"inactive": len(sp.inactive), "samples": sp.num_samples, **diag,
+                             **({"note": "too few samples: kept whole"} if sp.frozen else {})},
+            ))
+    return Recipe(layers, strategy.to_dict(), selection, _plain(decision.summary))
+
+
+def _check_fits(model: nn.Module, recipe: Recipe, graph: ModelGraph) -> dict[str, list[int]]:
+    """Removals per channel space, or ValueError if the recipe does not describe this model."""
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"`recipe` must be a Recipe (see Recipe.from_dict), got {type(recipe).__name__}.")
+    by_name = {layer.name: layer for layer in recipe.layers}
+    removals: dict[str, list[int]] = {}
+    for layer in recipe.layers:
+        try:
+            module = model.get_submodule(layer.name)
+        except AttributeError:
+            raise ValueError(f"Recipe does not fit the model: it has no layer {layer.name!r}.") from None
+        space = graph.space_of(layer.name)
+        if space is None or space.reaches_output:
+            raise ValueError(f"Recipe does not fit the model: {layer.name!r} is not a prunable layer of it.")
+        width = module_width(module)
+        if width != layer.original:
+            raise ValueError(
+                f"Recipe does not fit the model: layer {layer.name!r} has {width} units, the recipe expects "
+                f"{layer.original} (was it made for another model, or already applied?)."
+            )
+        idx = layer.kept_indices
+        if not idx or sorted(set(idx)) != list(idx) or idx[0] < 0 or idx[-1] >= width:
+            raise ValueError(
+                f"Recipe layer {layer.name!r}: kept_indices must be a non-empty ascending list of distinct "
+                f"integers in [0, {width}), got {idx[:10]}{'...' if len(idx) > 10 else ''}."
+            )
+        for other in space.producers:
+            if other not in by_name or by_name[other].kept_indices != idx:
+                raise ValueError(
+                    f"Recipe does not fit the model: {layer.name!r} shares its channels with {other!r} "
+                    "(they are added together), so both must be listed with the same kept_indices."
+                )
+        removals[space.root] = layer.removed_indices
+    return removals
+
+
+def _output_shapes(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return tuple(output.shape)
+    if isinstance(output, (list, tuple)):
+        return [_output_shapes(o) for o in output]
+    if isinstance(output, Mapping):
+        return {k: _output_shapes(v) for k, v in output.items()}
+    return None
+
+
+def _eval_forward(model: nn.Module, inputs: Any) -> Any:
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _output_shapes(run_model(model, inputs))
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any) -> nn.Module:
+    """Remove the units the recipe drops, in place, and return ``model``.
+
+    Conv/Linear output units, their BatchNorm (running statistics included), the input channels of
+    every consumer (flatten -> Linear features too) and residual-coupled layers are shrunk together
+    via Torch-Pruning's dependency graph. Kept units keep their weights. All or nothing: if the
+    recipe does not fit, or the result fails to run with the same output shape, the model is
+    restored exactly and the error raised.
+    """
+    inputs = clone_inputs(example_inputs, 2)
+    graph = ModelGraph(model, inputs)
+    removals = _check_fits(model, recipe, graph)
+    before = _eval_forward(model, inputs)
+    graph.prune(removals)
+    try:
+        for layer in recipe.layers:
+            width = module_width(model.get_submodule(layer.name))
+            if width != layer.kept:
+                raise RuntimeError(f"surgery left {layer.name!r} with {width} units instead of {layer.kept}")
+        after = _eval_forward(model, inputs)
+        if after != before:
+            raise RuntimeError(f"the output shape changed from {before} to {after}")
+    except Exception as err:
+        graph.undo()
+        raise RuntimeError(f"PFA surgery failed and the model was left untouched: {err}") from err
+    return model
+
+
+def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
+    """Descending eigenvalues of every layer's response covariance (for plots)."""
+    out = {}
+    for name, s in stats.items():
+        out[name] = Spectrum(name, s.covariance(), s.num_samples).eigenvalues
+    return out
+
+
+__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "apply_recipe", "make_recipe", "spectra_of"]

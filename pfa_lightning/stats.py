@@ -1,0 +1,316 @@
+"""Streaming second-order statistics of layer responses.
+
+For every analysed layer we keep the sample count ``n``, the sum of responses
+``s`` and the sum of outer products ``S`` in float64 on the model's device:
+memory is O(units^2) per layer whatever the number of samples, and the three
+sums simply add up across data-parallel workers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pfa_lightning.graph import ModelGraph, ResponsePoint, clone_inputs, match_layers, module_width, run_model
+
+POOLINGS = ("max", "avg")
+
+
+@dataclass
+class LayerStats:
+    """Count, sum and sum of outer products of one layer's responses (float64)."""
+
+    name: str
+    count: Tensor  # 0-d float64, a tensor so that it can be all-reduced like the others
+    sum: Tensor  # (units,)
+    outer: Tensor  # (units, units)
+    response: str = ""  # which tensor the responses were read from
+
+    @classmethod
+    def empty(cls, name: str, units: int, device: torch.device | str = "cpu", response: str = "") -> "LayerStats":
+        z = partial_zeros(device)
+        return cls(name, z(()), z((units,)), z((units, units)), response)
+
+    @property
+    def units(self) -> int:
+        return int(self.sum.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(float(self.count)))
+
+    def update(self, responses: Tensor) -> None:
+        """Add a batch of responses shaped (samples, units)."""
+        r = responses.detach().to(torch.float64)
+        self.count += r.shape[0]
+        self.sum += r.sum(0)
+        self.outer.addmm_(r.T, r)
+
+    def covariance(self) -> np.ndarray:
+        """Unbiased covariance ``(S - s s^T / n) / (n - 1)`` as a float64 numpy array."""
+        return pooled_covariance([self])
+
+    def tensors(self) -> list[Tensor]:
+        return [self.count, self.sum, self.outer]
+
+
+def partial_zeros(device: torch.device | str) -> Callable[[tuple[int, ...]], Tensor]:
+    return lambda shape: torch.zeros(shape, dtype=torch.float64, device=device)
+
+
+def pooled_covariance(members: Iterable[LayerStats]) -> np.ndarray:
+    """Pooled within-member covariance of layers that share one channel space.
+
+    Each member is centred on its own mean (``sum_j (S_j - s_j s_j^T / n_j) / (sum_j n_j - J)``),
+    so a difference of means between members does not pose as correlation.
+    """
+    members = list(members)
+    scatter = None
+    dof = 0.0
+    for m in members:
+        n = float(m.count)
+        if n < 2:
+            raise ValueError(f"Layer {m.name!r} has {n:g} response samples; at least 2 are needed.")
+        s = m.sum.double().cpu()
+        part = m.outer.double().cpu() - torch.outer(s, s) / n
+        scatter = part if scatter is None else scatter + part
+        dof += n - 1
+    assert scatter is not None
+    cov = (scatter / dof).numpy()
+    return (cov + cov.T) / 2  # exact symmetry for eigvalsh
+
+
+@dataclass
+class ResponseStats(Mapping[str, LayerStats]):
+    """Per-layer response statistics returned by :func:`collect_responses`.
+
+    A read-only mapping ``layer name -> LayerStats``. For data-parallel collection,
+    all-reduce (sum) every tensor of :meth:`tensors` across ranks.
+    """
+
+    layers: dict[str, LayerStats]
+    pooling: str = "max"
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was not collected
+
+    def __getitem__(self, name: str) -> LayerStats:
+        return self.layers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_samples(self) -> int:
+        return max((s.num_samples for s in self.layers.values()), default=0)
+
+    def tensors(self) -> list[Tensor]:
+        """Every accumulator, in a fixed order (the same on every rank)."""
+        return [t for name in sorted(self.layers) for t in self.layers[name].tensors()]
+
+    def check_finite(self) -> None:
+        for name, s in self.layers.items():
+            if not (torch.isfinite(s.sum).all() and torch.isfinite(s.outer).all()):
+                raise ValueError(
+                    f"Layer {name!r} produced NaN or Inf responses ({s.response}); "
+                    "check the model's weights and inputs before compressing."
+                )
+
+
+def first_input(batch: Any) -> Any:
+    """The model input of a batch: the batch itself if a tensor, else its first element / ``batch["x"]``."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("x", "input", "inputs", "image", "images"):
+            if key in batch:
+                return batch[key]
+    raise TypeError(
+        f"Cannot find the model input in a batch of type {type(batch).__name__}; "
+        "batches must be a tensor, a (input, target, ...) sequence, or a dict with key 'x'/'input'/'image'."
+    )
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return int(x.shape[0])
+    if isinstance(x, (list, tuple)):
+        return _batch_size(x[0])
+    if isinstance(x, dict):
+        return _batch_size(next(iter(x.values())))
+    raise TypeError(f"Cannot tell the batch size of an input of type {type(x).__name__}.")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _pool(x: Tensor, unit_dim: int, pooling: str) -> Tensor:
+    """(N, C, *spatial) or (N, *, C) -> (N, C) by max or mean over everything but samples and units."""
+    if unit_dim != 1:
+        x = x.movedim(unit_dim, 1)
+    if x.dim() == 2:
+        return x
+    flat = x.flatten(2)
+    return flat.amax(-1) if pooling == "max" else flat.mean(-1)
+
+
+class _Collector:
+    """Forward hooks that turn a hooked tensor into pooled responses and accumulate them."""
+
+    def __init__(self, stats: LayerStats, point: ResponsePoint, pooling: str) -> None:
+        self.stats, self.point, self.pooling = stats, point, pooling
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        x = output[0] if isinstance(output, (tuple, list)) else output
+        act = self.point.activation
+        if act is not None and act.monotone and self.pooling == "max":
+            # max commutes with a non-decreasing activation: pool first, activate C numbers, not C*H*W
+            pooled = act.fn(_pool(x.detach(), self.point.unit_dim, "max"))
+        else:
+            x = x.detach()
+            pooled = _pool(act.fn(x) if act is not None else x, self.point.unit_dim, self.pooling)
+        self.stats.update(pooled)
+
+
+def collect_responses(
+    model: nn.Module,
+    dataloader: Iterable[Any],
+    *,
+    max_samples: int | None = None,
+    pooling: str = "max",
+    layers: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    description: str = "Collecting PFA responses",
+) -> ResponseStats:
+    """Run ``model`` over ``dataloader`` and accumulate the responses of its prunable layers.
+
+    Every Conv/Linear layer whose outputs do not reach the model output is analysed; its
+    response is read after the non-linearity that follows it (conv -> BN -> ReLU: after the
+    ReLU) and reduced to one number per unit and sample by spatial ``pooling``.
+
+    Args:
+        model: any ``nn.Module``; its train/eval mode is restored afterwards.
+        dataloader: iterable of batches (tensor, ``(input, target, ...)`` or dict with ``"x"``).
+        max_samples: stop after this many samples (``None``: the whole loader).
+        pooling: ``"max"`` (the paper's) or ``"avg"``.
+        layers: module names or glob patterns to analyse (default: all prunable layers).
+        exclude: module names or glob patterns to leave out.
+        device: where to run (default: the model's device).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ResponseStats`, a mapping from layer name to :class:`LayerStats`.
+
+    Raises:
+        ValueError: for a bad ``pooling``/``max_samples``, an unknown layer pattern, a model
+            with no prunable layer, an empty loader, or NaN/Inf responses (naming the layer).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 2):
+        raise ValueError(f"`max_samples` must be an integer >= 2 or None, got {max_samples!r}.")
+    device = torch.device(device) if device is not None else model_device(model)
+    iterator = iter(dataloader)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise ValueError("The analysis dataloader is empty; PFA needs response samples.") from None
+    x0 = clone_inputs(first_input(first), device=device)
+
+    graph = ModelGraph(model, x0)
+    candidates = graph.prunable_layers()
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable layer: PFA analyses Conv/Linear layers whose "
+            "outputs feed other layers (the final classifier is never compressed)."
+        )
+    chosen = match_layers(candidates, layers, "layers") - (
+        match_layers(candidates, exclude, "exclude") if exclude is not None else set()
+    )
+    if not chosen:
+        raise ValueError("`layers`/`exclude` leave no layer to analyse.")
+
+    stats: dict[str, LayerStats] = {}
+    hooks = []
+    try:
+        for name in candidates:
+            if name not in chosen:
+                continue
+            point = graph.response_point(name)
+            units = module_width(model.get_submodule(name))
+            stats[name] = LayerStats.empty(name, units, device, point.description)
+            hooks.append(
+                model.get_submodule(point.module_name).register_forward_hook(_Collector(stats[name], point, pooling))
+            )
+        _run(model, first, iterator, device, max_samples, progress, description, dataloader)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    result = ResponseStats(stats, pooling)
+    result.check_finite()
+    return result
+
+
+def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device, max_samples: int | None,
+         progress: bool, description: str, dataloader: Iterable[Any]) -> None:
+    from pfa_lightning._progress import progress_bar
+
+    try:
+        total_batches = len(dataloader)  # type: ignore[arg-type]
+    except TypeError:
+        total_batches = None
+    batch_size = _batch_size(first_input(first))
+    if max_samples is not None and batch_size:
+        needed = math.ceil(max_samples / batch_size)
+        total_batches = needed if total_batches is None else min(total_batches, needed)
+
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad(), progress_bar(description, total_batches, enabled=progress) as advance:
+            batch = first
+            while batch is not None:
+                x = first_input(batch)
+                n = _batch_size(x)
+                if max_samples is not None and seen + n > max_samples:
+                    n = max_samples - seen
+                    x = clone_inputs(x, n)
+                run_model(model, clone_inputs(x, device=device))
+                seen += n
+                advance()
+                if max_samples is not None and seen >= max_samples:
+                    break
+                batch = next(rest, None)
+    finally:
+        for m, flag in was_training.items():
+            m.training = flag
+    if seen < 2:
+        raise ValueError(f"The analysis data gave {seen} sample(s); PFA needs at least 2.")
+
+
+def warn_small(stats: LayerStats) -> None:
+    """Warn that a layer has fewer samples than units: its covariance is rank-deficient."""
+    warnings.warn(
+        f"Layer {stats.name!r} has {stats.num_samples} response samples for {stats.units} units; "
+        "its covariance is rank-deficient, so it is left uncompressed. Collect more samples "
+        "(raise `max_samples`) to compress it.",
+        stacklevel=3,
+    )

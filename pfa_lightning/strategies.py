@@ -1,0 +1,213 @@
+"""How many units each channel space keeps: PFA-KL, PFA-Energy, or a footprint target."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from pfa_lightning.footprint import METRICS
+from pfa_lightning.spectrum import Spectrum
+
+_EPS = np.finfo(float).eps
+_CEIL_GUARD = 1e-9  # ceil(x - guard): a product like 16 * 0.75 must not become 13
+_ENERGY_GUARD = 1e-12
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"`{name}` must be a number in (0, 1], got {value!r}.")
+    return float(value)
+
+
+@dataclass
+class Decision:
+    """Units to keep per channel space, with per-space and global diagnostics."""
+
+    counts: list[int]
+    diagnostics: list[dict[str, float]]
+    summary: dict[str, Any]
+
+
+class Strategy(ABC):
+    """Decides how many units each analysed channel space keeps."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def decide(self, spectra: Sequence[Spectrum], clamp: Callable[[int, Spectrum], int],
+               probe: Callable[[Mapping[str, int]], int] | None) -> Decision:
+        """``clamp`` applies the floor (``min_units``) and keeps too-small-sample spaces whole;
+        ``probe`` gives the real footprint of a width assignment (only footprint targets use it)."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]: ...
+
+    needs_probe: ClassVar[bool] = False
+
+
+def kl_divergence(eigenvalues: np.ndarray) -> float:
+    """KL(p || uniform) of the normalised spectrum: log(m) - H(p), in [0, log m]."""
+    total = eigenvalues.sum()
+    m = eigenvalues.size
+    p = (eigenvalues / total if total > 0 else np.zeros(m)) + _EPS
+    p = p / p.sum()
+    return float(np.sum(p * np.log(p * m)))
+
+
+def energy_count(fractions: np.ndarray, threshold: float) -> int:
+    """Smallest k whose first k eigenvalues hold at least ``threshold`` of the energy."""
+    k = int(np.searchsorted(fractions, threshold - _ENERGY_GUARD, side="left")) + 1
+    return min(k, fractions.size)
+
+
+@dataclass(frozen=True)
+class KL(Strategy):
+    """PFA-KL, parameter-free: keep ``ceil(m * (1 - KL(p || u) / log m))`` units.
+
+    Example:
+        >>> recipe = make_recipe(model, stats, KL(), example_inputs=x)
+    """
+
+    name: ClassVar[str] = "kl"
+
+    def decide(self, spectra, clamp, probe) -> Decision:
+        counts, diags = [], []
+        for sp in spectra:
+            m = sp.units
+            if m == 1:
+                kl, ratio = 0.0, 1.0
+            elif sp.eigenvalues.sum() <= 0:
+                kl, ratio = math.log(m), 0.0  # every unit inactive
+            else:
+                kl = kl_divergence(sp.eigenvalues)
+                ratio = 1.0 - kl / math.log(m)
+            counts.append(clamp(math.ceil(m * ratio - _CEIL_GUARD), sp))
+            diags.append({"kl": kl, "kl_max": math.log(m) if m > 1 else 0.0, "units_ratio": ratio})
+        return Decision(counts, diags, {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class Energy(Strategy):
+    """PFA-Energy: keep the fewest units whose eigenvalues hold ``threshold`` of the spectral energy.
+
+    Example:
+        >>> Energy(0.95)
+    """
+
+    threshold: float = 0.95
+    name: ClassVar[str] = "energy"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", _check_fraction("threshold", self.threshold))
+
+    def decide(self, spectra, clamp, probe) -> Decision:
+        counts, diags = [], []
+        for sp in spectra:
+            fr = sp.energy_fractions()
+            k = clamp(energy_count(fr, self.threshold), sp)
+            counts.append(k)
+            diags.append({"energy_kept": float(fr[k - 1])})
+        return Decision(counts, diags, {"threshold": self.threshold})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class Footprint(Strategy):
+    """Meet a footprint target: the largest common energy threshold whose network has at most
+    ``ratio`` times the current number of parameters (``metric="params"``) or FLOPs (``"flops"``).
+
+    The threshold is searched by bisection over the spectra's breakpoints, measuring each
+    candidate on the network that would really result.
+
+    Example:
+        >>> Footprint(0.25, metric="flops")
+    """
+
+    ratio: float = 0.5
+    metric: str = "params"
+    name: ClassVar[str] = "footprint"
+    needs_probe: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ratio", _check_fraction("ratio", self.ratio))
+        if self.metric not in METRICS:
+            raise ValueError(f"Unknown footprint metric {self.metric!r}; allowed: {', '.join(METRICS)}.")
+
+    def decide(self, spectra, clamp, probe) -> Decision:
+        assert probe is not None, "Footprint needs a footprint probe"
+        fractions = [sp.energy_fractions() for sp in spectra]
+
+        def counts_at(tau: float) -> list[int]:
+            return [clamp(energy_count(fr, tau), sp) for fr, sp in zip(fractions, spectra)]
+
+        def size(counts: list[int]) -> int:
+            return probe({sp.name: k for sp, k in zip(spectra, counts)})
+
+        full = probe({})
+        target = self.ratio * full
+        taus = np.unique(np.concatenate(fractions + [np.array([1.0])]))
+        smallest = counts_at(float(taus[0]))
+        if size(smallest) > target:
+            raise ValueError(
+                f"Footprint ratio {self.ratio:g} ({self.metric}) is out of reach: the smallest network this "
+                f"strategy can produce (every layer at its floor) has ratio {size(smallest) / full:.4f}. "
+                "Use a larger ratio or a smaller `min_units`."
+            )
+        lo, hi = 0, len(taus) - 1  # invariant: taus[lo] fits
+        if size(counts_at(float(taus[hi]))) <= target:
+            lo = hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if size(counts_at(float(taus[mid]))) <= target:
+                lo = mid
+            else:
+                hi = mid
+        tau = float(taus[lo])
+        counts = counts_at(tau)
+        achieved = size(counts)
+        diags = [{"energy_kept": float(fr[k - 1])} for fr, k in zip(fractions, counts)]
+        summary = {"threshold": tau, "metric": self.metric, "full": full, "target": target,
+                   "achieved": achieved, "achieved_ratio": achieved / full}
+        return Decision(counts, diags, summary)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ratio": self.ratio, "metric": self.metric}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"kl": KL, "energy": Energy, "footprint": Footprint}
+
+
+def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
+    """A :class:`Strategy` from an instance or a name (``kl``, ``energy``, ``footprint``) plus options.
+
+    Raises:
+        ValueError: unknown name, or options that the strategy does not take / a value out of range.
+    """
+    if isinstance(strategy, Strategy):
+        if options:
+            raise ValueError(f"Options {sorted(options)} only apply to a strategy given by name.")
+        return strategy
+    if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
+        raise ValueError(f"Unknown PFA strategy {strategy!r}; allowed: {', '.join(STRATEGIES)} (or a Strategy instance).")
+    cls = STRATEGIES[strategy.lower()]
+    allowed = {"kl": set(), "energy": {"threshold"}, "footprint": {"ratio", "metric"}}[cls.name]
+    extra = {k for k, v in options.items() if v is not None} - allowed
+    if extra:
+        raise ValueError(
+            f"Strategy {cls.name!r} takes {sorted(allowed) or 'no options'}, got unexpected {sorted(extra)}."
+        )
+    return cls(**{k: v for k, v in options.items() if v is not None})
+
+
+def strategy_from_dict(data: Mapping[str, Any]) -> Strategy:
+    data = dict(data)
+    return resolve_strategy(data.pop("name"), **data)
