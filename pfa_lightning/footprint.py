@@ -26,7 +26,9 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     operation (the convention of the pruning literature, the PFA paper included), plus
     BatchNorm, activation and pooling operations. The model is not modified.
     """
-    flops, _ = tp.utils.count_ops_and_params(model, clone_inputs(example_inputs, 1))
+    inputs = clone_inputs(example_inputs, 1)
+    # the counter calls model(*inputs) for a tuple: wrap a lone tensor so it is not unpacked into rows
+    flops, _ = tp.utils.count_ops_and_params(model, (inputs,) if not isinstance(inputs, (tuple, list, dict)) else inputs)
     return int(flops)
 
 

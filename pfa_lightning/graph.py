@@ -85,13 +85,18 @@ class ResponsePoint:
 
 @dataclass
 class ChannelSpace:
-    """One set of output channels that is pruned as a whole."""
+    """One set of output channels that is pruned as a whole.
 
-    root: str  # the first producer in module order; names the space
-    producers: list[str]  # Conv/Linear layers whose outputs are these channels
+    ``index_map[p][u]`` is the output channel of producer ``p`` that carries unit ``u`` of the
+    space. Usually a producer lies wholly in one space (identity map); a layer whose output is
+    added to a concatenation spans several spaces, one slice each.
+    """
+
+    root: str  # the first producer in module order; names the space; lies wholly in it
+    producers: list[str]  # Conv/Linear layers whose outputs carry these channels
     width: int
     reaches_output: bool
-    members: list[str] = field(default_factory=list)  # every named module the group touches
+    index_map: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def coupled(self) -> bool:
@@ -164,8 +169,10 @@ class ModelGraph:
         try:
             with torch.enable_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # forward_fn: Torch-Pruning would otherwise try model(*tensor), unpacking a batch into rows
                 self.dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=_with_grad(clone_inputs(example_inputs, 2)), verbose=False
+                    model, example_inputs=_with_grad(clone_inputs(example_inputs, 2)), forward_fn=run_model,
+                    verbose=False,
                 )
         finally:
             state.restore_training_flags()
@@ -185,32 +192,35 @@ class ModelGraph:
             pruner = self.dg.get_pruner_of_module(layer)
             width = pruner.get_out_channels(layer)
             group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(width)))
-            producers, members, reaches_output = [], [], False
+            maps: dict[nn.Module, dict[int, int]] = {}
+            reaches_output = False
             for item in group:
                 dep = item.dep
                 module = dep.target.module
                 is_out = self.dg.is_out_channel_pruning_fn(dep.handler)
-                if isinstance(module, nn.Module) and module in self._names:
-                    members.append(self._names[module])
-                if is_out and isinstance(module, PRUNABLE_TYPES) and module not in seen:
-                    seen.add(module)
-                    producers.append(module)
+                if is_out and isinstance(module, PRUNABLE_TYPES):
+                    maps.setdefault(module, {}).update(zip(item.root_idxs, item.idxs))
                 if is_out and not dep.target.outputs:
                     reaches_output = True
-            producers.sort(key=order.__getitem__)
+            seen.update(maps)
+            producers = sorted(maps, key=order.__getitem__)
+            index_map = {self._names[m]: [maps[m].get(u, -1) for u in range(width)] for m in producers}
+            if any(-1 in v for v in index_map.values()):  # a partial coupling we cannot express
+                reaches_output = True
             names = [self._names[m] for m in producers]
-            spaces.append(ChannelSpace(names[0], names, width, reaches_output, sorted(set(members))))
+            root = self._names[layer]
+            names.remove(root)
+            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map))
         return spaces
 
-    def space_of(self, layer_name: str) -> ChannelSpace | None:
-        for space in self.spaces:
-            if layer_name in space.producers:
-                return space
-        return None
+    def spaces_of(self, layer_name: str) -> list[ChannelSpace]:
+        return [space for space in self.spaces if layer_name in space.producers]
 
     def prunable_layers(self) -> list[str]:
         """Conv/Linear layers whose outputs do not reach the model output, in module order."""
-        return [p for s in self.spaces if not s.reaches_output for p in s.producers]
+        names = {p for s in self.spaces if not s.reaches_output for p in s.producers}
+        names -= {p for s in self.spaces if s.reaches_output for p in s.producers}
+        return [n for n, m in self.model.named_modules() if n in names]
 
     def response_point(self, layer_name: str) -> ResponsePoint:
         """Follow ``layer -> [BatchNorm] -> activation`` and say which tensor to read."""

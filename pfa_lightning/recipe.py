@@ -214,15 +214,15 @@ def make_recipe(
         if coupled == "skip" and space.coupled:
             continue
         for p in space.producers:
-            if stats[p].units != space.width:
+            width = module_width(model.get_submodule(p))
+            if stats[p].units != width:
                 raise ValueError(
                     f"Statistics for layer {p!r} have {stats[p].units} units but the model's layer has "
-                    f"{space.width}: the statistics were collected on a different model."
+                    f"{width}: the statistics were collected on a different model."
                 )
-        members = [stats[p] for p in space.producers]
-        samples = min(s.num_samples for s in members)
-        spectrum = Spectrum(space.root, pooled_covariance(members), samples)
-        small = [s for s in members if s.num_samples < s.units]
+        members = [stats[p].select(space.index_map[p]) for p in space.producers]
+        spectrum = Spectrum(space.root, pooled_covariance(members), min(s.num_samples for s in members))
+        small = [stats[p] for p in space.producers if stats[p].num_samples < space.width]
         for s in small:
             warn_small(s)
         spectrum.frozen = bool(small)
@@ -240,32 +240,42 @@ def make_recipe(
     probe = FootprintProbe(model, example_inputs, strategy.metric) if strategy.needs_probe else None  # type: ignore[attr-defined]
     decision = strategy.decide(spectra, clamp, probe)
 
-    layers: list[LayerRecipe] = []
+    # one entry per producer; a producer spanning several spaces (added to a concatenation) merges them
+    removed: dict[str, set[int]] = {}
+    info: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for space, sp, k, diag in zip(spaces, spectra, decision.counts, decision.diagnostics):
-        kept = select_units(sp, k, selection).tolist()
-        for producer in space.producers:
-            layers.append(LayerRecipe(
-                name=producer, original=space.width, kept_indices=kept, group=space.root,
-                response=stats[producer].response,
-                diagnostics={"inactive": len(sp.inactive), "samples": sp.num_samples, **diag,
-                             **({"note": "too few samples: kept whole"} if sp.frozen else {})},
-            ))
+        kept = set(select_units(sp, k, selection).tolist())
+        gone = [u for u in range(space.width) if u not in kept]
+        for p in space.producers:
+            removed.setdefault(p, set()).update(space.index_map[p][u] for u in gone)
+            groups, diagnostics = info.setdefault(p, ([], {}))
+            groups.append(space.root)
+            if not diagnostics:
+                diagnostics.update({"inactive": len(sp.inactive), "samples": sp.num_samples, **diag,
+                                    **({"note": "too few samples: kept whole"} if sp.frozen else {})})
+    layers: list[LayerRecipe] = []
+    for p in (n for n, _ in model.named_modules() if n in removed):
+        width = module_width(model.get_submodule(p))
+        groups, diagnostics = info[p]
+        layers.append(LayerRecipe(
+            name=p, original=width, kept_indices=[i for i in range(width) if i not in removed[p]],
+            group="+".join(groups), response=stats[p].response, diagnostics=diagnostics,
+        ))
     return Recipe(layers, strategy.to_dict(), selection, _plain(decision.summary))
 
 
 def _check_fits(model: nn.Module, recipe: Recipe, graph: ModelGraph) -> dict[str, list[int]]:
-    """Removals per channel space, or ValueError if the recipe does not describe this model."""
+    """Removals per channel space (root numbering), or ValueError if the recipe does not fit this model."""
     if not isinstance(recipe, Recipe):
         raise ValueError(f"`recipe` must be a Recipe (see Recipe.from_dict), got {type(recipe).__name__}.")
     by_name = {layer.name: layer for layer in recipe.layers}
-    removals: dict[str, list[int]] = {}
+    prunable = set(graph.prunable_layers())
     for layer in recipe.layers:
         try:
             module = model.get_submodule(layer.name)
         except AttributeError:
             raise ValueError(f"Recipe does not fit the model: it has no layer {layer.name!r}.") from None
-        space = graph.space_of(layer.name)
-        if space is None or space.reaches_output:
+        if layer.name not in prunable:
             raise ValueError(f"Recipe does not fit the model: {layer.name!r} is not a prunable layer of it.")
         width = module_width(module)
         if width != layer.original:
@@ -279,13 +289,23 @@ def _check_fits(model: nn.Module, recipe: Recipe, graph: ModelGraph) -> dict[str
                 f"Recipe layer {layer.name!r}: kept_indices must be a non-empty ascending list of distinct "
                 f"integers in [0, {width}), got {idx[:10]}{'...' if len(idx) > 10 else ''}."
             )
-        for other in space.producers:
-            if other not in by_name or by_name[other].kept_indices != idx:
-                raise ValueError(
-                    f"Recipe does not fit the model: {layer.name!r} shares its channels with {other!r} "
-                    "(they are added together), so both must be listed with the same kept_indices."
-                )
-        removals[space.root] = layer.removed_indices
+    removals: dict[str, list[int]] = {}
+    implied: dict[str, set[int]] = {}
+    for space in graph.spaces:
+        if space.root not in by_name:
+            continue
+        gone = by_name[space.root].removed_indices
+        removals[space.root] = gone
+        for p in space.producers:
+            implied.setdefault(p, set()).update(space.index_map[p][u] for u in gone)
+    for name in set(by_name) | set(implied):
+        if set(by_name[name].removed_indices if name in by_name else ()) != implied.get(name, set()):
+            partners = sorted({s.root for s in graph.spaces_of(name)} | {
+                p for s in graph.spaces_of(name) for p in s.producers} - {name})
+            raise ValueError(
+                f"Recipe does not fit the model: {name!r} shares its channels with {', '.join(partners)} "
+                "(their outputs are added together), so they must all be listed with matching kept_indices."
+            )
     return removals
 
 

@@ -59,6 +59,11 @@ class LayerStats:
     def tensors(self) -> list[Tensor]:
         return [self.count, self.sum, self.outer]
 
+    def select(self, units: list[int]) -> "LayerStats":
+        """The statistics of a subset of units, in the given order."""
+        idx = torch.as_tensor(units, device=self.sum.device)
+        return LayerStats(self.name, self.count, self.sum[idx], self.outer[idx][:, idx], self.response)
+
 
 def partial_zeros(device: torch.device | str) -> Callable[[tuple[int, ...]], Tensor]:
     return lambda shape: torch.zeros(shape, dtype=torch.float64, device=device)
