@@ -137,8 +137,14 @@ class Recipe:
             table.add_column(col, **kw)
         for layer in self.layers:
             d = layer.diagnostics
-            diag = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()
-                             if k not in ("inactive", "samples"))
+            if "kl" in d:
+                diag = f"KL {d['kl']:.3g} / {d['kl_max']:.3g}"
+            elif "energy_kept" in d:
+                diag = f"energy {d['energy_kept']:.3f}"
+            else:
+                diag = ""
+            if "note" in d:
+                diag += f" ({d['note']})"
             table.add_row(layer.name, "" if layer.group == layer.name else layer.group, str(layer.original),
                           str(layer.kept), f"{100 * layer.kept / layer.original:.0f}", str(d.get("inactive", "")), diag)
         total, kept = sum(l.original for l in self.layers), sum(l.kept for l in self.layers)

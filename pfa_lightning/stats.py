@@ -174,21 +174,35 @@ def _pool(x: Tensor, unit_dim: int, pooling: str) -> Tensor:
 
 
 class _Collector:
-    """Forward hooks that turn a hooked tensor into pooled responses and accumulate them."""
+    """Forward hook: pools the hooked tensor into (samples, units) responses and accumulates them.
 
-    def __init__(self, stats: LayerStats, point: ResponsePoint, pooling: str) -> None:
-        self.stats, self.point, self.pooling = stats, point, pooling
+    Pooled responses are buffered (at most ``rows`` samples, O(rows * units) memory) and added to
+    the float64 sums in larger blocks: a few big matrix products instead of one small per batch.
+    """
+
+    def __init__(self, stats: LayerStats, point: ResponsePoint, pooling: str, rows: int = 1024) -> None:
+        self.stats, self.point, self.pooling, self.rows = stats, point, pooling, rows
+        self._buffer: list[Tensor] = []
+        self._buffered = 0
 
     def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
         x = output[0] if isinstance(output, (tuple, list)) else output
+        x = x.detach()
         act = self.point.activation
         if act is not None and act.monotone and self.pooling == "max":
             # max commutes with a non-decreasing activation: pool first, activate C numbers, not C*H*W
-            pooled = act.fn(_pool(x.detach(), self.point.unit_dim, "max"))
+            pooled = act.fn(_pool(x, self.point.unit_dim, "max"))
         else:
-            x = x.detach()
             pooled = _pool(act.fn(x) if act is not None else x, self.point.unit_dim, self.pooling)
-        self.stats.update(pooled)
+        self._buffer.append(pooled)
+        self._buffered += pooled.shape[0]
+        if self._buffered >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self.stats.update(torch.cat(self._buffer) if len(self._buffer) > 1 else self._buffer[0])
+            self._buffer, self._buffered = [], 0
 
 
 def collect_responses(
@@ -252,7 +266,7 @@ def collect_responses(
         raise ValueError("`layers`/`exclude` leave no layer to analyse.")
 
     stats: dict[str, LayerStats] = {}
-    hooks = []
+    hooks, collectors = [], []
     try:
         for name in candidates:
             if name not in chosen:
@@ -260,10 +274,11 @@ def collect_responses(
             point = graph.response_point(name)
             units = module_width(model.get_submodule(name))
             stats[name] = LayerStats.empty(name, units, device, point.description)
-            hooks.append(
-                model.get_submodule(point.module_name).register_forward_hook(_Collector(stats[name], point, pooling))
-            )
+            collectors.append(_Collector(stats[name], point, pooling))
+            hooks.append(model.get_submodule(point.module_name).register_forward_hook(collectors[-1]))
         _run(model, first, iterator, device, max_samples, progress, description, dataloader)
+        for collector in collectors:
+            collector.flush()
     finally:
         for h in hooks:
             h.remove()
