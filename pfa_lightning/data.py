@@ -1,12 +1,37 @@
-"""Data sets that work offline. scikit-learn's handwritten digits are real data shipped with the package."""
+"""Data for the experiments, as Lightning DataModules.
+
+- ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (real data shipped with the package,
+  works offline), upsampled to 32x32 for the CIFAR-style models;
+- ``cifar10`` / ``cifar100``: torchvision's loaders, downloaded into ``data_dir`` when online;
+- ``imagefolder``: a user's own ``root/{train,test}/<class>/*.png`` folders;
+- ``synthetic``: random class-dependent images, for tests.
+
+Every data module can restrict itself to a class subset (``classes``), or switch to one from a
+given epoch on (``specialize_classes`` + ``specialize_from_epoch``): train on all classes, then
+analyse and fine-tune on a few (PFA's domain specialisation; set ``reload_dataloaders_every_n_epochs=1``
+on the Trainer).
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 DIGITS_MEAN, DIGITS_STD = 0.3051, 0.3825  # of the 8x8 digits scaled to [0, 1]
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class DataError(ValueError):
+    """A data set that cannot be found or read; the message says where the files go."""
 
 
 def digits_splits(size: int = 32, channels: int = 1, val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -14,8 +39,7 @@ def digits_splits(size: int = 32, channels: int = 1, val_fraction: float = 0.1, 
     """Train / validation / test splits of the 1,797 8x8 digits, upsampled to ``size`` x ``size``.
 
     Images are scaled to [0, 1], bilinearly upsampled, standardised, and repeated to ``channels``
-    channels (3 for CIFAR-style models built with ``in_channels=3``). The split is stratified-free
-    but seeded, so it is the same on every machine.
+    channels (3 for models built with ``in_channels=3``). The split is seeded: the same everywhere.
     """
     from sklearn.datasets import load_digits
 
@@ -31,3 +55,218 @@ def digits_splits(size: int = 32, channels: int = 1, val_fraction: float = 0.1, 
     n_test, n_val = int(len(y) * test_fraction), int(len(y) * val_fraction)
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(x[test], y[test])
+
+
+def targets_of(dataset: Dataset) -> list[int]:
+    """Class labels of a data set without loading its images."""
+    if isinstance(dataset, Subset):
+        parent = targets_of(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].tolist()
+    if hasattr(dataset, "targets"):
+        return [int(t) for t in dataset.targets]
+    raise TypeError(f"Cannot read the labels of a {type(dataset).__name__}.")
+
+
+def class_subset(dataset: Dataset, classes: Sequence[int] | None) -> Dataset:
+    """The samples of ``dataset`` whose label is in ``classes`` (labels keep their numbering)."""
+    if classes is None:
+        return dataset
+    wanted = set(int(c) for c in classes)
+    return Subset(dataset, [i for i, t in enumerate(targets_of(dataset)) if t in wanted])
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Shared logic: train/val split, class subsets, domain specialisation, loaders.
+
+    Subclasses implement :meth:`load` returning ``(train_and_val, val_or_None, test)`` data sets
+    and set ``num_classes`` / ``in_channels``.
+    """
+
+    num_classes: int = 10
+    in_channels: int = 3
+    name: str = "images"
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0,
+                 classes: Sequence[int] | None = None, specialize_classes: Sequence[int] | None = None,
+                 specialize_from_epoch: int | None = None, eval_batch_size: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if (specialize_classes is None) != (specialize_from_epoch is None):
+            raise ValueError("`specialize_classes` and `specialize_from_epoch` go together: set both or neither.")
+        self.batch_size, self.num_workers, self.val_fraction, self.seed = batch_size, num_workers, val_fraction, seed
+        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
+        self.classes = list(classes) if classes is not None else None
+        self.specialize_classes = list(specialize_classes) if specialize_classes is not None else None
+        self.specialize_from_epoch = specialize_from_epoch
+        self._splits: tuple[Dataset, Dataset, Dataset] | None = None
+
+    def load(self) -> tuple[Dataset, Dataset | None, Dataset]:
+        raise NotImplementedError
+
+    def _check_classes(self, classes: Sequence[int] | None, what: str) -> None:
+        if classes is None:
+            return
+        bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < self.num_classes]
+        if bad or not classes:
+            raise ValueError(f"`{what}` must be a non-empty list of class indices in [0, {self.num_classes}), got {list(classes)}.")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        train, val, test = self.load()
+        self._check_classes(self.classes, "classes")
+        self._check_classes(self.specialize_classes, "specialize_classes")
+        if val is None:
+            n_val = int(len(train) * self.val_fraction)
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            val, train = Subset(train, order[:n_val]), Subset(train, order[n_val:])
+        self._splits = tuple(class_subset(d, self.classes) for d in (train, val, test))  # type: ignore[assignment]
+
+    @property
+    def specialized(self) -> bool:
+        """True once the data module has switched to ``specialize_classes``."""
+        trainer = getattr(self, "trainer", None)
+        return (self.specialize_from_epoch is not None and trainer is not None
+                and trainer.current_epoch >= self.specialize_from_epoch)
+
+    def split(self, name: str, specialized: bool | None = None) -> Dataset:
+        """``"train"``, ``"val"`` or ``"test"``, restricted to the specialisation classes when active."""
+        self.setup()
+        assert self._splits is not None
+        ds = dict(zip(("train", "val", "test"), self._splits))[name]
+        active = self.specialized if specialized is None else specialized
+        return class_subset(ds, self.specialize_classes) if active and self.specialize_classes else ds
+
+    def _loader(self, ds: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split("train"), True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split("val"), False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split("test"), False, self.eval_batch_size)
+
+    def analysis_dataloader(self) -> DataLoader | None:
+        """Data for PFA's analysis when specialising (the target classes' training samples), else None."""
+        if not self.specialize_classes:
+            return None
+        return self._loader(self.split("train", specialized=True), False, self.eval_batch_size)
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's handwritten digits (real, offline), upsampled to ``size`` x ``size``."""
+
+    name = "digits"
+
+    def __init__(self, size: int = 32, in_channels: int = 3, test_fraction: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size, self.in_channels, self.test_fraction = size, in_channels, test_fraction
+        self.num_classes = 10
+
+    def load(self):
+        return digits_splits(self.size, self.in_channels, self.val_fraction, self.test_fraction, self.seed)
+
+
+class CIFARDataModule(ImageDataModule):
+    """CIFAR-10 / CIFAR-100 through torchvision, stored in (and downloaded into) ``data_dir``."""
+
+    def __init__(self, name: str = "cifar10", data_dir: str = "data", download: bool = True,
+                 augment: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if name not in CIFAR_STATS:
+            raise ValueError(f"Unknown CIFAR variant {name!r}; allowed: {', '.join(CIFAR_STATS)}.")
+        self.name, self.data_dir, self.download, self.augment = name, os.path.expanduser(str(data_dir)), download, augment
+        self.num_classes, self.in_channels = (10 if name == "cifar10" else 100), 3
+
+    def _dataset_class(self):
+        from torchvision import datasets
+
+        return datasets.CIFAR10 if self.name == "cifar10" else datasets.CIFAR100
+
+    def prepare_data(self) -> None:
+        self._open(train=True)
+        self._open(train=False)
+
+    def _open(self, train: bool, transform: Any = None):
+        cls = self._dataset_class()
+        try:
+            return cls(self.data_dir, train=train, transform=transform, download=False)
+        except RuntimeError:
+            pass  # not there (or corrupted): try downloading below
+        where = Path(self.data_dir).resolve() / cls.base_folder
+        advice = (f"{self.name} was not found in {where}. Put the extracted '{cls.base_folder}' folder (or "
+                  f"'{cls.filename}') into {Path(self.data_dir).resolve()}, set dataset.data_dir to where it is, or "
+                  "run on the bundled digits instead: python run.py dataset=digits")
+        if not self.download:
+            raise DataError(advice + " (downloading is off: dataset.download=false).")
+        try:
+            return cls(self.data_dir, train=train, transform=transform, download=True)
+        except Exception as err:  # offline: URLError, timeouts, ...
+            raise DataError(f"{advice}. Downloading it failed ({type(err).__name__}: {err}).") from None
+
+    def load(self):
+        from torchvision import transforms as T
+
+        mean, std = CIFAR_STATS[self.name]
+        plain = [T.ToTensor(), T.Normalize(mean, std)]
+        train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if self.augment else []) + plain)
+        return self._open(True, train_tf), None, self._open(False, T.Compose(plain))
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """A user's own images: ``root/train/<class>/*`` and ``root/test/<class>/*`` (``root/val`` optional)."""
+
+    name = "imagefolder"
+
+    def __init__(self, root: str = "data/images", size: int = 32, num_classes: int | None = None,
+                 in_channels: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root, self.size, self.in_channels = Path(os.path.expanduser(str(root))), size, in_channels
+        if num_classes is not None:
+            self.num_classes = num_classes
+        else:
+            train = self.root / "train"
+            self.num_classes = len([d for d in train.iterdir() if d.is_dir()]) if train.is_dir() else 0
+
+    def load(self):
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        for part in ("train", "test"):
+            if not (self.root / part).is_dir():
+                raise DataError(f"Image folder {self.root / part} does not exist: an imagefolder data set needs "
+                                f"{self.root}/train/<class>/*.png and {self.root}/test/<class>/*.png "
+                                "(set dataset.root).")
+        grey = [T.Grayscale(self.in_channels)] if self.in_channels in (1, 3) else []
+        tf = T.Compose(grey + [T.Resize((self.size, self.size)), T.ToTensor(), T.Normalize([0.5] * self.in_channels, [0.5] * self.in_channels)])
+        val = datasets.ImageFolder(str(self.root / "val"), tf) if (self.root / "val").is_dir() else None
+        return datasets.ImageFolder(str(self.root / "train"), tf), val, datasets.ImageFolder(str(self.root / "test"), tf)
+
+
+class SyntheticDataModule(ImageDataModule):
+    """Random images whose mean depends on the class: learnable, tiny, for tests and smoke runs."""
+
+    name = "synthetic"
+
+    def __init__(self, num_samples: int = 256, size: int = 32, num_classes: int = 10, in_channels: int = 3,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_samples, self.size, self.num_classes, self.in_channels = num_samples, size, num_classes, in_channels
+
+    def load(self):
+        g = torch.Generator().manual_seed(self.seed)
+
+        def make(n: int) -> TensorDataset:
+            y = torch.randint(0, self.num_classes, (n,), generator=g)
+            pattern = torch.randn(self.num_classes, self.in_channels, self.size, self.size, generator=torch.Generator().manual_seed(1234))
+            x = 0.8 * pattern[y] + torch.randn(n, self.in_channels, self.size, self.size, generator=g)
+            return TensorDataset(x, y)
+
+        return make(self.num_samples), None, make(max(self.num_samples // 4, self.num_classes))
