@@ -16,8 +16,19 @@ from pfa_lightning.strategies import KL, Energy, Footprint, Strategy, resolve_st
 
 __version__ = "0.1.0"
 
+_LIGHTNING_EXPORTS = ("PFACallback", "load_compressed")
+
+
+def __getattr__(name: str):
+    # The Lightning layer is imported on first use, so that the core does not pay for importing Lightning.
+    if name in _LIGHTNING_EXPORTS:
+        from pfa_lightning import callback
+
+        return getattr(callback, name)
+    raise AttributeError(f"module 'pfa_lightning' has no attribute {name!r}")
+
 __all__ = [
-    "KL", "SELECTIONS", "Energy", "Footprint", "LayerRecipe", "LayerStats", "Recipe", "ResponseStats",
+    "KL", "SELECTIONS", "Energy", "Footprint", "LayerRecipe", "LayerStats", "PFACallback", "Recipe", "ResponseStats",
     "Spectrum", "Strategy", "apply_recipe", "collect_responses", "count_flops", "count_params",
-    "make_recipe", "resolve_strategy", "select_units", "spectra_of",
+    "load_compressed", "make_recipe", "resolve_strategy", "select_units", "spectra_of",
 ]

@@ -170,7 +170,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _check_min_units(min_units: Any) -> int:
+def check_min_units(min_units: Any) -> int:
     if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
         raise ValueError(f"`min_units` must be an integer >= 1, got {min_units!r}.")
     return min_units
@@ -204,7 +204,7 @@ def make_recipe(
     """
     strategy = resolve_strategy(strategy)
     check_selection(selection)
-    min_units = _check_min_units(min_units)
+    min_units = check_min_units(min_units)
     if coupled not in COUPLED_MODES:
         raise ValueError(f"`coupled` must be one of {COUPLED_MODES}, got {coupled!r}.")
     if not isinstance(stats, ResponseStats):

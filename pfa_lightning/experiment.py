@@ -1,0 +1,271 @@
+"""The Hydra experiment behind ``run.py``: train, compress with :class:`PFACallback`, fine-tune, test.
+
+Writes into the Hydra run directory: ``results.json`` (footprints, accuracies, recipes),
+``recipe.txt`` (the recipe tables), ``final.ckpt`` (load it with ``load_compressed``),
+``spectra.png`` and ``accuracy_vs_footprint.png``; and logs all of it to the attached loggers
+(W&B: the resolved config, per-epoch metrics, compression events, the recipe as a table, the plots).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import WandbLogger
+
+from pfa_lightning.callback import PFACallback
+from pfa_lightning.footprint import count_flops, count_params
+from pfa_lightning.recipe import Recipe
+from pfa_lightning.spectrum import Spectrum
+from pfa_lightning.stats import ResponseStats, first_input, model_device
+
+log = logging.getLogger("pfa_lightning")
+
+PFA_OPTIONS = ("strategy", "threshold", "ratio", "metric", "compress_at", "selection", "max_samples", "pooling",
+               "min_units", "coupled", "optimizer_state", "validate_after", "layers", "exclude")
+
+
+class ExperimentPFACallback(PFACallback):
+    """:class:`PFACallback` that also measures *test* accuracy right before and after each surgery
+    and keeps the analysed spectra for plots."""
+
+    def __init__(self, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.datamodule = datamodule
+        self.spectra: list[dict[str, list[float]]] = []
+
+    def on_statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: ResponseStats) -> None:
+        self.spectra.append({name: Spectrum(name, s.covariance(), s.num_samples).eigenvalues.tolist()
+                             for name, s in stats.items()})
+
+    def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Recipe:
+        before = self.test_accuracy(pl_module)
+        recipe = super().compress(trainer, pl_module, epoch)
+        after = self.test_accuracy(pl_module)
+        self.history[-1].update(test_acc_before=before, test_acc_after=after)
+        self.log_metrics(trainer, {k: v for k, v in (("pfa/test_acc_before", before), ("pfa/test_acc_after", after))
+                            if v is not None})
+        return recipe
+
+    @torch.no_grad()
+    def test_accuracy(self, pl_module: pl.LightningModule) -> float | None:
+        """Accuracy on the data module's test split (the target classes when specialising)."""
+        if self.datamodule is None:
+            return None
+        dm = self.datamodule
+        data = dm._loader(dm.split("test", specialized=bool(dm.specialize_classes)), False, dm.eval_batch_size)
+        training = {m: m.training for m in pl_module.modules()}
+        pl_module.eval()
+        correct = total = 0
+        try:
+            for batch in data:
+                result = self.accuracy_counts(pl_module, batch)
+                if result is None:
+                    return None
+                correct, total = correct + result[0], total + result[1]
+        finally:
+            for module, flag in training.items():
+                module.training = flag
+        return correct / total if total else None
+
+
+def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | None:
+    options = OmegaConf.to_container(cfg.pfa, resolve=True)
+    assert isinstance(options, dict)
+    if options.get("strategy") == "none":
+        return None
+    unknown = set(options) - set(PFA_OPTIONS)
+    if unknown:
+        raise ValueError(f"Unknown pfa option(s) {sorted(unknown)}; allowed: {', '.join(PFA_OPTIONS)}.")
+    analysis = datamodule.analysis_dataloader() if hasattr(datamodule, "analysis_dataloader") else None
+    return ExperimentPFACallback(datamodule=datamodule, dataloader=analysis, **options)
+
+
+def _loggers(cfg: DictConfig, out: Path) -> list:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for key, conf in (cfg.get("logger") or {}).items():
+        if conf is None or "_target_" not in conf:
+            continue
+        if conf._target_.endswith("WandbLogger"):
+            job, sweep = _job_identity(cfg, out)
+            conf = OmegaConf.merge(conf, {"name": conf.get("name") or job, "group": conf.get("group") or sweep})
+        loggers.append(instantiate(conf))
+    return loggers
+
+
+def _job_identity(cfg: DictConfig, out: Path) -> tuple[str, str]:
+    """(run name, group): the job's name and number; the sweep directory for a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode is not None and hc.mode.name == "MULTIRUN":
+            return f"{cfg.name}-{hc.job.num}", Path(hc.sweep.dir).name
+    except ValueError:  # Hydra not initialised (called from Python)
+        pass
+    return str(cfg.name), str(cfg.name)
+
+
+def _example_input(datamodule: Any) -> torch.Tensor:
+    batch = next(iter(datamodule.test_dataloader()))
+    return first_input(batch)[:2]
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one experiment from a composed config; returns (and writes) the results."""
+    from hydra.utils import instantiate
+
+    if output_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        output_dir = HydraConfig.get().runtime.output_dir
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup("fit")
+    module = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    pfa_cb = _pfa_callback(cfg, datamodule)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    loggers = _loggers(cfg, out)
+    epochs = int(cfg.train.epochs) + int(cfg.train.finetune_epochs)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, max_epochs=cfg.trainer.get("max_epochs") or epochs, default_root_dir=str(out),
+        callbacks=[c for c in (pfa_cb, checkpoint) if c is not None], logger=loggers or False,
+        reload_dataloaders_every_n_epochs=1 if getattr(datamodule, "specialize_classes", None) else 0,
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    x = _example_input(datamodule)
+    params_full, flops_full = count_params(module), count_flops(module, x)
+    try:
+        trainer.fit(module, datamodule)
+        tested = trainer.test(module, datamodule, verbose=False)
+        acc_final = float(tested[0]["test/acc"]) if tested else None
+        history = pfa_cb.history if pfa_cb is not None else []
+        results = {
+            "name": str(cfg.name),
+            "params_full": params_full, "params_compressed": count_params(module),
+            "flops_full": flops_full, "flops_compressed": count_flops(module, x.to(model_device(module))),
+            "acc_full": history[0]["test_acc_before"] if history else acc_final,
+            "acc_after_surgery": history[0]["test_acc_after"] if history else None,
+            "acc_final": acc_final,
+            "recipe": history[-1]["recipe"] if history else None,
+            "compressions": [{k: v for k, v in h.items() if k != "recipe"} for h in history],
+            "recipes": [h["recipe"] for h in history],
+            "settings": _settings(cfg),
+        }
+        results["params_ratio"] = results["params_compressed"] / params_full
+        results["flops_ratio"] = results["flops_compressed"] / flops_full
+        if trainer.is_global_zero:
+            _write_outputs(out, results, pfa_cb, trainer, loggers)
+        return results
+    finally:
+        _finish_wandb(loggers)
+
+
+def _settings(cfg: DictConfig) -> dict[str, Any]:
+    pfa = OmegaConf.to_container(cfg.pfa, resolve=True)
+    settings = {"model": cfg.model.arch, "width": cfg.model.width, "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
+                "seed": cfg.seed, "epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
+    settings.update({f"pfa_{k}": v for k, v in pfa.items() if k in ("strategy", "threshold", "ratio", "metric", "selection")})  # type: ignore[union-attr]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        settings["overrides"] = " ".join(HydraConfig.get().overrides.task)
+    except ValueError:
+        settings["overrides"] = ""
+    return settings
+
+
+def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACallback | None, trainer: pl.Trainer,
+                   loggers: list) -> None:
+    from rich.console import Console
+
+    from pfa_lightning.plots import plot_accuracy_vs_footprint, plot_spectra
+
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    trainer.save_checkpoint(str(out / "final.ckpt"))
+    figures = {}
+    if results["recipes"]:
+        console = Console(record=True, width=140, file=io.StringIO())  # record only, the callback printed it
+        for i, recipe in enumerate(results["recipes"]):
+            console.print(Recipe.from_dict(recipe).table(title=f"PFA compression {i + 1}"))
+        (out / "recipe.txt").write_text(console.export_text())
+    if pfa_cb is not None and pfa_cb.spectra:
+        first = Recipe.from_dict(results["recipes"][0])
+        figures["spectra"] = plot_spectra(pfa_cb.spectra[0], {l.name: l.kept for l in first.layers})
+    points = [(1.0, results["acc_full"], "full")]
+    for i, c in enumerate(results["compressions"]):
+        ratio = c["params_after"] / results["params_full"]
+        points += [(ratio, c.get("test_acc_after"), f"after surgery {i + 1}")]
+    points.append((results["params_ratio"], results["acc_final"], "final"))
+    points = [p for p in points if p[1] is not None]
+    if points:
+        f, a, labels = zip(*points)
+        figures["accuracy_vs_footprint"] = plot_accuracy_vs_footprint(f, a, labels, title=results["name"])
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=120)
+    _log_to_wandb(loggers, results, figures)
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def _log_to_wandb(loggers: list, results: dict[str, Any], figures: dict[str, Any]) -> None:
+    wandb_loggers = [l for l in loggers if isinstance(l, WandbLogger)]
+    if not wandb_loggers:
+        return
+    import wandb
+
+    run = wandb_loggers[0].experiment
+    payload: dict[str, Any] = {f"pfa/{name}": wandb.Image(fig) for name, fig in figures.items()}
+    if results["recipe"]:
+        recipe = Recipe.from_dict(results["recipe"])
+        payload["pfa/recipe"] = wandb.Table(
+            columns=["layer", "group", "units", "kept", "kept_fraction", "response"],
+            data=[[l.name, l.group, l.original, l.kept, l.kept / l.original, l.response] for l in recipe.layers])
+    run.log(payload)
+    for key in ("params_full", "params_compressed", "params_ratio", "flops_full", "flops_compressed", "flops_ratio",
+                "acc_full", "acc_after_surgery", "acc_final"):
+        if results.get(key) is not None:
+            run.summary[f"results/{key}"] = results[key]
+
+
+def _finish_wandb(loggers: list) -> None:
+    if any(isinstance(l, WandbLogger) for l in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+__all__ = ["ExperimentPFACallback", "run", "user_error_message"]
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The message of an error a user caused (bad value, missing data, missing option), else None."""
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, MissingMandatoryValue):
+            return f"a required setting is missing: {err.full_key} (set it on the command line, e.g. {err.full_key}=...)"
+        if isinstance(err, (ValueError, FileNotFoundError)) and not isinstance(err, InstantiationException):
+            return str(err)
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return None

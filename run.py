@@ -1,0 +1,34 @@
+"""Train, compress with Principal Filter Analysis, fine-tune, test — composed by Hydra.
+
+    python run.py model=vgg16 pfa=kl
+    python run.py -m pfa=energy pfa.threshold=0.8,0.9,0.95,0.99
+    python run.py experiment=vgg16_cifar10_kl trainer=gpu
+
+See conf/config.yaml for the groups and README.md for more.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from pfa_lightning.experiment import run, user_error_message
+
+    try:
+        results = run(cfg)
+    except Exception as err:  # a user's mistake is one clear line, anything else a full traceback
+        message = user_error_message(err)
+        if message is None:
+            raise
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(1)
+    return results["acc_final"]  # the value a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()
