@@ -10,6 +10,7 @@ See conf/config.yaml for the groups and README.md for more.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -17,6 +18,8 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from pfa_lightning.experiment import run, user_error_message
 
     try:
@@ -26,6 +29,9 @@ def main(cfg: DictConfig) -> float | None:
         if message is None:
             raise
         print(f"Error: {message}", file=sys.stderr)
+        if HydraConfig.get().mode.name == "MULTIRUN":  # let the other jobs run; the sweep exits 1 at its end
+            Path(HydraConfig.get().runtime.output_dir, "error.txt").write_text(message + "\n")
+            return None
         sys.exit(1)
     return results["acc_final"]  # the value a Hydra sweeper optimises
 

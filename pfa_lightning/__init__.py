@@ -12,7 +12,7 @@ from pfa_lightning.recipe import LayerRecipe, Recipe, apply_recipe, make_recipe,
 from pfa_lightning.selection import SELECTIONS, select_units
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import LayerStats, ResponseStats, collect_responses
-from pfa_lightning.strategies import KL, Energy, Footprint, Strategy, resolve_strategy
+from pfa_lightning.strategies import KL, Energy, Footprint, Strategy, Uniform, resolve_strategy
 
 __version__ = "0.1.0"
 
@@ -27,8 +27,9 @@ def __getattr__(name: str):
         return getattr(callback, name)
     raise AttributeError(f"module 'pfa_lightning' has no attribute {name!r}")
 
+
 __all__ = [
     "KL", "SELECTIONS", "Energy", "Footprint", "LayerRecipe", "LayerStats", "PFACallback", "Recipe", "ResponseStats",
     "Spectrum", "Strategy", "apply_recipe", "collect_responses", "count_flops", "count_params",
-    "load_compressed", "make_recipe", "resolve_strategy", "select_units", "spectra_of",
+    "Uniform", "load_compressed", "make_recipe", "resolve_strategy", "select_units", "spectra_of",
 ]

@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from pfa_lightning._optim_state import copy_hyperparameters, kept_parameter_indices, transplant_state
-from pfa_lightning.footprint import count_flops, count_params
+from pfa_lightning.footprint import FootprintProbe, count_flops, count_params
 from pfa_lightning.graph import ModelGraph, clone_inputs, match_layers, module_width, run_model
 from pfa_lightning.recipe import COUPLED_MODES, Recipe, apply_recipe, check_min_units, make_recipe
 from pfa_lightning.selection import check_selection
 from pfa_lightning.stats import POOLINGS, ResponseStats, collect_responses, first_input, model_device
-from pfa_lightning.strategies import Strategy, resolve_strategy
+from pfa_lightning.strategies import Footprint, Strategy, resolve_strategy
 
 CHECKPOINT_KEY = "pfa"  # top-level checkpoint entry: {"version", "example_inputs", "history"}
 HISTORY_VERSION = 1
@@ -326,7 +326,7 @@ class PFACallback(Callback):
     Example:
         >>> trainer = Trainer(max_epochs=40, callbacks=[PFACallback("kl", compress_at=[20])])
         >>> trainer.fit(module, datamodule)
-        >>> model = load_compressed(MyModule, trainer.checkpoint_callback.last_model_path)
+        >>> model = load_compressed(MyModule, trainer.checkpoint_callback.best_model_path)
 
     Args:
         strategy: ``"kl"``, ``"energy"``, ``"footprint"`` or a :class:`~pfa_lightning.Strategy`.
@@ -343,6 +343,8 @@ class PFACallback(Callback):
             ``"skip"``: such layers are left whole.
         optimizer_state: ``"reset"`` starts the new optimizers empty; ``"transplant"`` carries the
             per-parameter state (SGD momentum, Adam moments) over, sliced to the kept units.
+        compensate: fold each removed unit into the kept units of its consumers by least squares
+            (where the path is linear; see :mod:`pfa_lightning.compensation`). Off by default.
         validate_after: measure accuracy right before and after each surgery (and at the end of
             training) on the validation data, or the analysis data when there is none.
         keep_scheduler_progress: restore the LR schedulers' state and the current learning rates
@@ -370,6 +372,7 @@ class PFACallback(Callback):
         min_units: int = 1,
         coupled: str = "joint",
         optimizer_state: str = "reset",
+        compensate: bool = False,
         validate_after: bool = True,
         keep_scheduler_progress: bool = True,
         verbose: bool = True,
@@ -385,6 +388,7 @@ class PFACallback(Callback):
         self.min_units = check_min_units(min_units)
         self.coupled = _validate_choice("coupled", coupled, COUPLED_MODES)
         self.optimizer_state = _validate_choice("optimizer_state", optimizer_state, OPTIMIZER_STATES)
+        self.compensate = _validate_bool("compensate", compensate)
         self.validate_after = _validate_bool("validate_after", validate_after)
         self.keep_scheduler_progress = _validate_bool("keep_scheduler_progress", keep_scheduler_progress)
         self.verbose = _validate_bool("verbose", verbose)
@@ -529,6 +533,24 @@ class PFACallback(Callback):
             chosen -= match_layers(candidates, self.exclude, "exclude")
         if not chosen:
             raise ValueError("`layers`/`exclude` leave no layer to compress.")
+        self._check_reachable(pl_module, graph, chosen, inputs)
+
+    def _check_reachable(self, pl_module: pl.LightningModule, graph: ModelGraph, chosen: set[str], inputs: Any) -> None:
+        """Refuse a footprint target that even every layer at ``min_units`` cannot meet, before training."""
+        metric = self.strategy.probe_metric
+        target = getattr(self.strategy, "ratio", None) if isinstance(self.strategy, Footprint) else None
+        if metric is None or target is None:
+            return
+        probe = FootprintProbe(pl_module, inputs, metric)
+        floor = probe({s.root: min(self.min_units, s.width) for s in graph.spaces
+                       if not s.reaches_output and set(s.producers) <= chosen
+                       and not (self.coupled == "skip" and s.coupled)})
+        if floor > target * probe.full:
+            raise ValueError(
+                f"Footprint ratio {target:g} ({metric}) is out of reach for {type(pl_module).__name__}: even with every "
+                f"analysed layer at min_units={self.min_units} the network keeps {floor / probe.full:.4f} of its "
+                f"{metric}. Use a larger ratio, a smaller `min_units`, or analyse more layers."
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -550,13 +572,13 @@ class PFACallback(Callback):
         before = self._footprint(pl_module, inputs)
         acc_before = self._evaluate(trainer, pl_module) if self.validate_after else None
 
-        recipe = self._decide(trainer, pl_module, inputs)
+        recipe, stats = self._decide(trainer, pl_module, inputs)
         old_params = dict(pl_module.named_parameters())
         kept = kept_parameter_indices(pl_module, recipe, inputs) if self.optimizer_state == "transplant" else {}
         old_optimizers = list(trainer.optimizers)
         old_schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
 
-        apply_recipe(pl_module, recipe, example_inputs=inputs)
+        apply_recipe(pl_module, recipe, example_inputs=inputs, compensate_with=stats if self.compensate else None)
         _rewrap_ddp(trainer, pl_module)
         trainer.strategy.setup_optimizers(trainer)
         self._carry_over(trainer, pl_module, old_optimizers, old_schedulers, old_params, kept)
@@ -575,7 +597,7 @@ class PFACallback(Callback):
         self._report(trainer, recipe, self.history[-1])
         return recipe
 
-    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> Recipe:
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> tuple[Recipe, ResponseStats]:
         """Statistics summed over ranks, then the same recipe on every rank (verified)."""
         data, limit = self._analysis_data(trainer)
         batches = _Converted(data, trainer.precision_plugin.convert_input)
@@ -583,14 +605,14 @@ class PFACallback(Callback):
             stats = collect_responses(
                 pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
                 exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
-                description=f"PFA responses (epoch {trainer.current_epoch + 1})",
+                description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate,
             )
         _all_reduce(trainer, stats.tensors())
         self.on_statistics(trainer, pl_module, stats)
         recipe = make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
                              min_units=self.min_units, coupled=self.coupled)
         _check_same_decision(trainer, recipe)
-        return recipe
+        return recipe, stats
 
     def on_statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: ResponseStats) -> None:
         """Called with the response statistics (summed over ranks) before each decision; override to

@@ -113,17 +113,25 @@ class ImageDataModule(pl.LightningDataModule):
         if bad or not classes:
             raise ValueError(f"`{what}` must be a non-empty list of class indices in [0, {self.num_classes}), got {list(classes)}.")
 
+    def load_plain_train(self) -> Dataset | None:
+        """The training images without augmentation (for validation and PFA's analysis), if they differ."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
         train, val, test = self.load()
         self._check_classes(self.classes, "classes")
         self._check_classes(self.specialize_classes, "specialize_classes")
+        plain = self.load_plain_train() or train
+        self._analysis = plain
         if val is None:
             n_val = int(len(train) * self.val_fraction)
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            val, train = Subset(train, order[:n_val]), Subset(train, order[n_val:])
+            val, train = Subset(plain, order[:n_val]), Subset(train, order[n_val:])
+            self._analysis = Subset(plain, order[n_val:])
         self._splits = tuple(class_subset(d, self.classes) for d in (train, val, test))  # type: ignore[assignment]
+        self._analysis = class_subset(self._analysis, self.classes)
 
     @property
     def specialized(self) -> bool:
@@ -153,11 +161,12 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.split("test"), False, self.eval_batch_size)
 
-    def analysis_dataloader(self) -> DataLoader | None:
-        """Data for PFA's analysis when specialising (the target classes' training samples), else None."""
-        if not self.specialize_classes:
-            return None
-        return self._loader(self.split("train", specialized=True), False, self.eval_batch_size)
+    def analysis_dataloader(self) -> DataLoader:
+        """Data for PFA's analysis: the training samples without augmentation (the target classes
+        only when specialising)."""
+        self.setup()
+        ds = class_subset(self._analysis, self.specialize_classes) if self.specialize_classes else self._analysis
+        return self._loader(ds, False, self.eval_batch_size)
 
 
 class DigitsDataModule(ImageDataModule):
@@ -211,13 +220,18 @@ class CIFARDataModule(ImageDataModule):
         except Exception as err:  # offline: URLError, timeouts, ...
             raise DataError(f"{advice}. Downloading it failed ({type(err).__name__}: {err}).") from None
 
-    def load(self):
+    def _transforms(self, augment: bool):
         from torchvision import transforms as T
 
         mean, std = CIFAR_STATS[self.name]
         plain = [T.ToTensor(), T.Normalize(mean, std)]
-        train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if self.augment else []) + plain)
-        return self._open(True, train_tf), None, self._open(False, T.Compose(plain))
+        return T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []) + plain)
+
+    def load(self):
+        return self._open(True, self._transforms(self.augment)), None, self._open(False, self._transforms(False))
+
+    def load_plain_train(self):
+        return self._open(True, self._transforms(False)) if self.augment else None
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -244,7 +258,9 @@ class ImageFolderDataModule(ImageDataModule):
                 raise DataError(f"Image folder {self.root / part} does not exist: an imagefolder data set needs "
                                 f"{self.root}/train/<class>/*.png and {self.root}/test/<class>/*.png "
                                 "(set dataset.root).")
-        grey = [T.Grayscale(self.in_channels)] if self.in_channels in (1, 3) else []
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"An imagefolder data set has 1 (grey) or 3 (RGB) `in_channels`, got {self.in_channels}.")
+        grey = [T.Grayscale(1)] if self.in_channels == 1 else []
         tf = T.Compose(grey + [T.Resize((self.size, self.size)), T.ToTensor(), T.Normalize([0.5] * self.in_channels, [0.5] * self.in_channels)])
         val = datasets.ImageFolder(str(self.root / "val"), tf) if (self.root / "val").is_dir() else None
         return datasets.ImageFolder(str(self.root / "train"), tf), val, datasets.ImageFolder(str(self.root / "test"), tf)

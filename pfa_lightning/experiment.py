@@ -29,7 +29,7 @@ from pfa_lightning.stats import ResponseStats, first_input, model_device
 log = logging.getLogger("pfa_lightning")
 
 PFA_OPTIONS = ("strategy", "threshold", "ratio", "metric", "compress_at", "selection", "max_samples", "pooling",
-               "min_units", "coupled", "optimizer_state", "validate_after", "layers", "exclude")
+               "min_units", "coupled", "optimizer_state", "compensate", "validate_after", "layers", "exclude")
 
 
 class ExperimentPFACallback(PFACallback):
@@ -134,7 +134,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
     datamodule = instantiate(cfg.dataset)
     datamodule.setup("fit")
-    module = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    extra = {"input_size": datamodule.size} if getattr(datamodule, "size", None) else {}
+    module = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels, **extra)
     pfa_cb = _pfa_callback(cfg, datamodule)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
     loggers = _loggers(cfg, out)
@@ -150,7 +151,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     x = _example_input(datamodule)
     params_full, flops_full = count_params(module), count_flops(module, x)
     try:
-        trainer.fit(module, datamodule)
+        trainer.fit(module, datamodule, ckpt_path=cfg.train.get("ckpt_path"))
         tested = trainer.test(module, datamodule, verbose=False)
         acc_final = float(tested[0]["test/acc"]) if tested else None
         history = pfa_cb.history if pfa_cb is not None else []
@@ -168,8 +169,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         }
         results["params_ratio"] = results["params_compressed"] / params_full
         results["flops_ratio"] = results["flops_compressed"] / flops_full
+        trainer.save_checkpoint(str(out / "final.ckpt"))  # every rank: it synchronises them
         if trainer.is_global_zero:
-            _write_outputs(out, results, pfa_cb, trainer, loggers)
+            _write_outputs(out, results, pfa_cb, loggers)
+            _print_summary(out, results)
         return results
     finally:
         _finish_wandb(loggers)
@@ -189,14 +192,25 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACallback | None, trainer: pl.Trainer,
-                   loggers: list) -> None:
+def _print_summary(out: Path, results: dict[str, Any]) -> None:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    log.info(
+        "%s: params %s -> %s (%.1f%%), FLOPs %s -> %s (%.1f%%); test accuracy: full %s, right after surgery %s, "
+        "final %s. Results in %s", results["name"], f"{results['params_full']:,}", f"{results['params_compressed']:,}",
+        100 * results["params_ratio"], f"{results['flops_full']:,}", f"{results['flops_compressed']:,}",
+        100 * results["flops_ratio"], pct(results["acc_full"]), pct(results["acc_after_surgery"]),
+        pct(results["acc_final"]), out,
+    )
+
+
+def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACallback | None, loggers: list) -> None:
     from rich.console import Console
 
     from pfa_lightning.plots import plot_accuracy_vs_footprint, plot_spectra
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    trainer.save_checkpoint(str(out / "final.ckpt"))
     figures = {}
     if results["recipes"]:
         console = Console(record=True, width=140, file=io.StringIO())  # record only, the callback printed it
@@ -252,20 +266,36 @@ def _finish_wandb(loggers: list) -> None:
             wandb.finish()
 
 
-__all__ = ["ExperimentPFACallback", "run", "user_error_message"]
 
 
 def user_error_message(err: BaseException) -> str | None:
-    """The message of an error a user caused (bad value, missing data, missing option), else None."""
-    from hydra.errors import InstantiationException
+    """The message of an error a user caused, else None (a bug: show the whole traceback).
+
+    User errors are the ``ValueError``s that pfa_lightning raises itself (bad values, missing data,
+    unsupported models: every one names the value and what is allowed) and missing config values,
+    possibly wrapped by Hydra's ``instantiate`` (followed through ``__cause__`` only).
+    """
     from omegaconf.errors import MissingMandatoryValue
 
+    package = str(Path(__file__).resolve().parent)
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, MissingMandatoryValue):
             return f"a required setting is missing: {err.full_key} (set it on the command line, e.g. {err.full_key}=...)"
-        if isinstance(err, (ValueError, FileNotFoundError)) and not isinstance(err, InstantiationException):
+        if isinstance(err, ValueError) and _raised_in(err, package):
             return str(err)
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+        err = err.__cause__  # type: ignore[assignment]
     return None
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    tb = err.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and str(Path(last).resolve()).startswith(package)
+
+
+__all__ = ["ExperimentPFACallback", "run", "user_error_message"]

@@ -142,6 +142,8 @@ class _ModelState:
         self._saved = [
             (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), m.training) for m in model.modules()
         ]
+        self._data = [(t, t.data) for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
+                      if t is not None]
 
     def restore(self) -> None:
         for module, attrs, params, buffers, training in self._saved:
@@ -150,6 +152,8 @@ class _ModelState:
             module.__dict__["_parameters"] = params
             module.__dict__["_buffers"] = buffers
             module.training = training
+        for tensor, data in self._data:
+            tensor.data = data
 
     def restore_training_flags(self) -> None:
         for module, *_, training in self._saved:
@@ -224,6 +228,10 @@ class ModelGraph:
 
     def response_point(self, layer_name: str) -> ResponsePoint:
         """Follow ``layer -> [BatchNorm] -> activation`` and say which tensor to read."""
+        return self._walk(layer_name)[0]
+
+    def _walk(self, layer_name: str) -> tuple[ResponsePoint, Any]:
+        """The response point and the graph node that produces the response tensor."""
         layer = self.model.get_submodule(layer_name)
         node = self.dg.module2node[layer]
         hook, chain = layer, [layer_name]
@@ -236,19 +244,52 @@ class ModelGraph:
                 chain.append(self._names[hook])
                 continue
             if isinstance(nxt.module, nn.PReLU) and nxt.module in self._names:
-                hook, nonlinear = nxt.module, True  # a module: hook its output directly
+                node, hook, nonlinear = nxt, nxt.module, True  # a module: hook its output directly
                 chain.append(self._names[hook])
                 break
             activation = _activation_of(nxt.grad_fn)
             if activation is not None:
-                nonlinear = True
+                node, nonlinear = nxt, True
                 chain.append(activation.name)
             break
         unit_dim = -1 if isinstance(layer, nn.Linear) else 1
         description = " -> ".join(chain)
         if not nonlinear:
             description += " (no non-linearity follows directly: pre-activation response)"
-        return ResponsePoint(self._names[hook], activation, unit_dim, description)
+        return ResponsePoint(self._names[hook], activation, unit_dim, description), node
+
+    def following_norm(self, layer_name: str) -> nn.Module | None:
+        """The BatchNorm that directly and solely follows ``layer_name``, if any."""
+        node = self.dg.module2node[self.model.get_submodule(layer_name)]
+        if len(node.outputs) == 1 and isinstance(node.outputs[0].module, _NORM_TYPES):
+            return node.outputs[0].module
+        return None
+
+    def linear_consumers(self, layer_name: str) -> list[str] | None:
+        """The Conv/Linear layers that read ``layer_name``'s response through linear reshapes only.
+
+        ``None`` when some path from the response goes through anything else (pooling, an addition,
+        a concatenation, a normalisation...), or reaches a grouped convolution: compensation is
+        exact only along linear paths.
+        """
+        _, start = self._walk(layer_name)
+        consumers: list[str] = []
+        stack = list(start.outputs)
+        if not stack:
+            return None
+        while stack:
+            node = stack.pop()
+            module = node.module
+            if isinstance(module, PRUNABLE_TYPES) and module in self._names:
+                if isinstance(module, nn.Linear) or module.groups == 1:
+                    consumers.append(self._names[module])
+                    continue
+                return None
+            if isinstance(module, tp.ops._ReshapeOp):
+                stack.extend(node.outputs)
+                continue
+            return None
+        return sorted(set(consumers))
 
     # -- surgery -----------------------------------------------------------------------------
     def prune(self, removals: Mapping[str, Sequence[int]]) -> None:

@@ -25,7 +25,8 @@ class ImageClassifier(pl.LightningModule):
     Args:
         arch: a name from ``pfa_lightning.models.MODEL_NAMES``.
         num_classes, in_channels, width: passed to :func:`pfa_lightning.models.build`.
-        optimizer: ``sgd`` (momentum 0.9), ``adam`` or ``adamw``; ``lr``, ``weight_decay``.
+        input_size: image side, for the models whose classifier depends on it (VGG, SimpleCNN).
+        optimizer: ``sgd`` (Nesterov momentum ``momentum``), ``adam`` or ``adamw``; ``lr``, ``weight_decay``.
         scheduler: ``cosine`` (over the whole fit, ``trainer.max_epochs``), ``step`` (x0.1 every
             ``step_size`` epochs) or ``none``.
 
@@ -35,7 +36,7 @@ class ImageClassifier(pl.LightningModule):
 
     def __init__(self, arch: str = "vgg16", num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  optimizer: str = "sgd", lr: float = 0.05, weight_decay: float = 5e-4, momentum: float = 0.9,
-                 scheduler: str = "cosine", step_size: int = 30) -> None:
+                 scheduler: str = "cosine", step_size: int = 30, input_size: int = 32) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}.")
@@ -44,7 +45,8 @@ class ImageClassifier(pl.LightningModule):
         if not lr > 0:
             raise ValueError(f"`lr` must be > 0, got {lr!r}.")
         self.save_hyperparameters()
-        self.net: nn.Module = build(arch, num_classes=num_classes, in_channels=in_channels, width=width)
+        sized = {"input_size": input_size} if arch.startswith("vgg") or arch == "simplecnn" else {}
+        self.net: nn.Module = build(arch, num_classes=num_classes, in_channels=in_channels, width=width, **sized)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -58,7 +60,7 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         metric(logits, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", sync_dist=stage != "train")
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.graph import ModelGraph, clone_inputs, module_width, run_model
+from pfa_lightning.graph import ModelGraph, _ModelState, clone_inputs, module_width, run_model
 from pfa_lightning.selection import check_selection, select_units
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
@@ -185,6 +185,7 @@ def make_recipe(
     selection: str = "abs_max",
     min_units: int = 1,
     coupled: str = "joint",
+    seed: int = 0,
 ) -> Recipe:
     """Decide, from collected responses, how many and which units each layer keeps.
 
@@ -193,7 +194,9 @@ def make_recipe(
         stats: from :func:`collect_responses`.
         strategy: :class:`KL`, :class:`Energy`, :class:`Footprint` (or ``"kl"``).
         example_inputs: a batch of model inputs, to trace the model (and count FLOPs).
-        selection: ``"abs_max"`` (the paper's) or ``"l1_max"``.
+        selection: ``"abs_max"`` (the paper's) or ``"l1_max"``; the baselines ``"weight_l1"``
+            (largest filter L1 norms, Li et al. 2017) and ``"random"`` keep the same number of units.
+        seed: seeds the ``"random"`` selection.
         min_units: floor on the units any layer keeps.
         coupled: ``"joint"``: layers whose outputs are added together (residual stages) get one
             decision from their pooled statistics; ``"skip"``: such groups are left whole.
@@ -243,14 +246,16 @@ def make_recipe(
     def clamp(k: int, sp: Spectrum) -> int:
         return sp.units if sp.frozen else max(min(min_units, sp.units), min(k, sp.units))
 
-    probe = FootprintProbe(model, example_inputs, strategy.metric) if strategy.needs_probe else None  # type: ignore[attr-defined]
+    metric = strategy.probe_metric
+    probe = FootprintProbe(model, example_inputs, metric) if metric is not None else None
     decision = strategy.decide(spectra, clamp, probe)
 
     # one entry per producer; a producer spanning several spaces (added to a concatenation) merges them
     removed: dict[str, set[int]] = {}
     info: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for space, sp, k, diag in zip(spaces, spectra, decision.counts, decision.diagnostics):
-        kept = set(select_units(sp, k, selection).tolist())
+        norms = _filter_l1(model, space) if selection == "weight_l1" else None
+        kept = set(select_units(sp, k, selection, weight_norms=norms, seed=seed).tolist())
         gone = [u for u in range(space.width) if u not in kept]
         for p in space.producers:
             removed.setdefault(p, set()).update(space.index_map[p][u] for u in gone)
@@ -268,6 +273,16 @@ def make_recipe(
             group="+".join(groups), response=stats[p].response, diagnostics=diagnostics,
         ))
     return Recipe(layers, strategy.to_dict(), selection, _plain(decision.summary))
+
+
+def _filter_l1(model: nn.Module, space: Any) -> np.ndarray:
+    """L1 norm of each unit's filter weights, summed over the layers that share the channel space."""
+    norms = np.zeros(space.width)
+    for p in space.producers:
+        weight = model.get_submodule(p).weight.detach()
+        per_channel = weight.abs().flatten(1).sum(1).double().cpu().numpy()
+        norms += per_channel[space.index_map[p]]
+    return norms
 
 
 def _check_fits(model: nn.Module, recipe: Recipe, graph: ModelGraph) -> dict[str, list[int]]:
@@ -336,31 +351,51 @@ def _eval_forward(model: nn.Module, inputs: Any) -> Any:
             m.training = flag
 
 
-def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any) -> nn.Module:
+def _verify(model: nn.Module, recipe: Recipe, inputs: Any, before: Any) -> str:
+    """What is wrong with the cut model (an empty string if nothing)."""
+    for layer in recipe.layers:
+        width = module_width(model.get_submodule(layer.name))
+        if width != layer.kept:
+            return f"surgery left {layer.name!r} with {width} units instead of {layer.kept}"
+    try:
+        after = _eval_forward(model, inputs)
+    except Exception as err:  # the cut model does not run: report it, the caller restores
+        return f"the cut model fails to run: {type(err).__name__}: {err}"
+    return "" if after == before else f"the output shape changed from {before} to {after}"
+
+
+def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any,
+                 compensate_with: ResponseStats | None = None) -> nn.Module:
     """Remove the units the recipe drops, in place, and return ``model``.
 
     Conv/Linear output units, their BatchNorm (running statistics included), the input channels of
     every consumer (flatten -> Linear features too) and residual-coupled layers are shrunk together
-    via Torch-Pruning's dependency graph. Kept units keep their weights. All or nothing: if the
-    recipe does not fit, or the result fails to run with the same output shape, the model is
-    restored exactly and the error raised.
+    via Torch-Pruning's dependency graph. Kept units keep their weights, unless
+    ``compensate_with`` (statistics collected with ``per_position=True``) is given: then the
+    consumers of each layer reached through a linear path absorb the least-squares prediction of
+    the removed units from the kept ones (see :mod:`pfa_lightning.compensation`).
+
+    All or nothing: if the recipe does not fit, or the result fails to run with the same output
+    shape, the model is restored exactly and the error raised.
     """
     inputs = clone_inputs(example_inputs, 2)
     graph = ModelGraph(model, inputs)
     removals = _check_fits(model, recipe, graph)
     before = _eval_forward(model, inputs)
-    graph.prune(removals)
+    state = _ModelState(model)
     try:
-        for layer in recipe.layers:
-            width = module_width(model.get_submodule(layer.name))
-            if width != layer.kept:
-                raise RuntimeError(f"surgery left {layer.name!r} with {width} units instead of {layer.kept}")
-        after = _eval_forward(model, inputs)
-        if after != before:
-            raise RuntimeError(f"the output shape changed from {before} to {after}")
-    except Exception as err:
-        graph.undo()
-        raise RuntimeError(f"PFA surgery failed and the model was left untouched: {err}") from err
+        if compensate_with is not None:
+            from pfa_lightning.compensation import compensate
+
+            compensate(model, recipe, graph, compensate_with)
+        graph.prune(removals)
+    except BaseException:
+        state.restore()
+        raise
+    problem = _verify(model, recipe, inputs, before)
+    if problem:
+        state.restore()
+        raise RuntimeError(f"PFA surgery failed and the model was left untouched: {problem}")
     return model
 
 

@@ -7,6 +7,11 @@ Inactive units always go first. Then, until ``k`` units remain:
   higher index);
 - ``l1_max``: drop the unit with the largest sum of |r| to the remaining units (ties: the
   larger maximum |r|, then the higher index).
+
+Baselines that ignore the responses, for comparisons at the same widths:
+
+- ``weight_l1``: keep the units whose filters have the largest L1 norm (Li et al. 2017);
+- ``random``: keep a seeded random subset.
 """
 
 from __future__ import annotations
@@ -87,26 +92,46 @@ _ORDERS: dict[str, Callable[[np.ndarray, int], list[int]]] = {
     "abs_max": _abs_max_order,
     "l1_max": _l1_max_order,
 }
-SELECTIONS: tuple[str, ...] = tuple(_ORDERS)
+BASELINES: tuple[str, ...] = ("weight_l1", "random")
+SELECTIONS: tuple[str, ...] = (*_ORDERS, *BASELINES)
 
 
 def check_selection(selection: str) -> str:
-    if selection not in _ORDERS:
+    if selection not in SELECTIONS:
         raise ValueError(f"Unknown selection {selection!r}; allowed: {', '.join(SELECTIONS)}.")
     return selection
 
 
-def select_units(spectrum: Spectrum, keep: int, selection: str = "abs_max") -> np.ndarray:
-    """Indices (ascending) of the ``keep`` units to keep in the space described by ``spectrum``."""
-    order_fn = _ORDERS[check_selection(selection)]
+def select_units(spectrum: Spectrum, keep: int, selection: str = "abs_max", *,
+                 weight_norms: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Indices (ascending) of the ``keep`` units to keep in the space described by ``spectrum``.
+
+    ``weight_norms`` (one per unit) is needed by ``weight_l1``; ``seed`` drives ``random``.
+    """
+    check_selection(selection)
     m = spectrum.units
     if not 1 <= keep <= m:
         raise ValueError(f"Cannot keep {keep} of {m} units in {spectrum.name!r}.")
+    if selection == "weight_l1":
+        if weight_norms is None or len(weight_norms) != m:
+            raise ValueError(f"Selection 'weight_l1' needs one weight norm per unit ({m}) for {spectrum.name!r}.")
+        order = np.argsort(-np.asarray(weight_norms, dtype=float), kind="stable")  # largest first, ties: lower index
+        return np.sort(order[:keep])
+    if selection == "random":
+        rng = np.random.default_rng([seed, m, keep, _stable_hash(spectrum.name)])
+        return np.sort(rng.choice(m, size=keep, replace=False))
     inactive = [int(i) for i in spectrum.inactive]
-    active = np.array([i for i in range(m) if i not in set(inactive)], dtype=int)
+    dead = set(inactive)
+    active = np.array([i for i in range(m) if i not in dead], dtype=int)
     removed = inactive[: m - keep]  # dead units go first, lowest index first
     n_more = m - keep - len(removed)
     if n_more > 0:
-        order = order_fn(spectrum.abs_correlation(active), n_more)
+        order = _ORDERS[selection](spectrum.abs_correlation(active), n_more)
         removed += [int(active[i]) for i in order]
     return np.array(sorted(set(range(m)) - set(removed)), dtype=int)
+
+
+def _stable_hash(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -31,6 +31,7 @@ class LayerStats:
     sum: Tensor  # (units,)
     outer: Tensor  # (units, units)
     response: str = ""  # which tensor the responses were read from
+    positions: "LayerStats | None" = None  # per-position (unpooled) statistics, for compensation
 
     @classmethod
     def empty(cls, name: str, units: int, device: torch.device | str = "cpu", response: str = "") -> "LayerStats":
@@ -57,12 +58,17 @@ class LayerStats:
         return pooled_covariance([self])
 
     def tensors(self) -> list[Tensor]:
-        return [self.count, self.sum, self.outer]
+        own = [self.count, self.sum, self.outer]
+        return own + (self.positions.tensors() if self.positions is not None else [])
 
     def select(self, units: list[int]) -> "LayerStats":
         """The statistics of a subset of units, in the given order."""
         idx = torch.as_tensor(units, device=self.sum.device)
         return LayerStats(self.name, self.count, self.sum[idx], self.outer[idx][:, idx], self.response)
+
+    def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        n = float(self.count)
+        return (self.sum.double().cpu() / n).numpy(), self.covariance()
 
 
 def partial_zeros(device: torch.device | str) -> Callable[[tuple[int, ...]], Tensor]:
@@ -101,7 +107,6 @@ class ResponseStats(Mapping[str, LayerStats]):
 
     layers: dict[str, LayerStats]
     pooling: str = "max"
-    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was not collected
 
     def __getitem__(self, name: str) -> LayerStats:
         return self.layers[name]
@@ -189,7 +194,11 @@ class _Collector:
         x = output[0] if isinstance(output, (tuple, list)) else output
         x = x.detach()
         act = self.point.activation
-        if act is not None and act.monotone and self.pooling == "max":
+        if self.stats.positions is not None:  # every position of the activated map, then pool that
+            y = act.fn(x.clone()) if act is not None else x
+            self.stats.positions.update(y.movedim(self.point.unit_dim, -1).reshape(-1, y.shape[self.point.unit_dim]))
+            pooled = _pool(y, self.point.unit_dim, self.pooling)
+        elif act is not None and act.monotone and self.pooling == "max":
             # max commutes with a non-decreasing activation: pool first, activate C numbers, not C*H*W
             pooled = act.fn(_pool(x, self.point.unit_dim, "max"))
         else:
@@ -216,6 +225,7 @@ def collect_responses(
     device: torch.device | str | None = None,
     progress: bool = True,
     description: str = "Collecting PFA responses",
+    per_position: bool = False,
 ) -> ResponseStats:
     """Run ``model`` over ``dataloader`` and accumulate the responses of its prunable layers.
 
@@ -232,6 +242,8 @@ def collect_responses(
         exclude: module names or glob patterns to leave out.
         device: where to run (default: the model's device).
         progress: show a progress bar.
+        per_position: also accumulate the statistics of every spatial position (unpooled), which
+            ``apply_recipe(..., compensate_with=stats)`` uses to fold removed units into the kept ones.
 
     Returns:
         :class:`ResponseStats`, a mapping from layer name to :class:`LayerStats`.
@@ -274,6 +286,8 @@ def collect_responses(
             point = graph.response_point(name)
             units = module_width(model.get_submodule(name))
             stats[name] = LayerStats.empty(name, units, device, point.description)
+            if per_position:
+                stats[name].positions = LayerStats.empty(name, units, device, point.description)
             collectors.append(_Collector(stats[name], point, pooling))
             hooks.append(model.get_submodule(point.module_name).register_forward_hook(collectors[-1]))
         _run(model, first, iterator, device, max_samples, progress, description, dataloader)

@@ -46,7 +46,10 @@ class Strategy(ABC):
     @abstractmethod
     def to_dict(self) -> dict[str, Any]: ...
 
-    needs_probe: ClassVar[bool] = False
+    @property
+    def probe_metric(self) -> str | None:
+        """The footprint metric this strategy measures candidates in (``None``: it needs no probe)."""
+        return None
 
 
 def kl_divergence(eigenvalues: np.ndarray) -> float:
@@ -135,7 +138,10 @@ class Footprint(Strategy):
     ratio: float = 0.5
     metric: str = "params"
     name: ClassVar[str] = "footprint"
-    needs_probe: ClassVar[bool] = True
+
+    @property
+    def probe_metric(self) -> str | None:
+        return self.metric
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratio", _check_fraction("ratio", self.ratio))
@@ -183,11 +189,70 @@ class Footprint(Strategy):
         return {"name": self.name, "ratio": self.ratio, "metric": self.metric}
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"kl": KL, "energy": Energy, "footprint": Footprint}
+@dataclass(frozen=True)
+class Uniform(Strategy):
+    """Baseline: every channel space keeps the same fraction of its units (uniform width scaling).
+
+    Give ``ratio`` (the fraction), or ``params``: the largest common fraction whose network has at
+    most that many parameters (e.g. the parameter count of a PFA-compressed model, to compare at
+    equal footprint).
+
+    Example:
+        >>> Uniform(params=pfa.count_params(kl_model))
+    """
+
+    ratio: float | None = None
+    params: int | None = None
+    name: ClassVar[str] = "uniform"
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.params is None):
+            raise ValueError("Uniform takes exactly one of `ratio` (a fraction in (0, 1]) or `params` (a target count).")
+        if self.ratio is not None:
+            object.__setattr__(self, "ratio", _check_fraction("ratio", self.ratio))
+        elif isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 1:
+            raise ValueError(f"`params` must be a positive integer, got {self.params!r}.")
+
+    @property
+    def probe_metric(self) -> str | None:
+        return "params" if self.params is not None else None
+
+    def decide(self, spectra, clamp, probe) -> Decision:
+        def counts_at(ratio: float) -> list[int]:
+            return [clamp(math.ceil(sp.units * ratio - _CEIL_GUARD), sp) for sp in spectra]
+
+        ratio = self.ratio
+        summary: dict[str, Any] = {}
+        if ratio is None:
+            assert probe is not None, "Uniform(params=...) needs a footprint probe"
+
+            def size(ratio: float) -> int:
+                return probe({sp.name: k for sp, k in zip(spectra, counts_at(ratio))})
+
+            candidates = np.unique([k / sp.units for sp in spectra for k in range(1, sp.units + 1)])
+            if size(float(candidates[0])) > self.params:
+                raise ValueError(f"Uniform(params={self.params}) is out of reach: the smallest uniform network has "
+                                 f"{size(float(candidates[0]))} parameters.")
+            lo, hi = 0, len(candidates) - 1
+            if size(float(candidates[hi])) <= self.params:
+                lo = hi
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if size(float(candidates[mid])) <= self.params else (lo, mid)
+            ratio = float(candidates[lo])
+            summary = {"ratio": ratio, "target_params": self.params, "achieved_params": size(ratio)}
+        counts = counts_at(ratio)
+        return Decision(counts, [{"units_ratio": k / sp.units} for k, sp in zip(counts, spectra)], summary)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **({"ratio": self.ratio} if self.ratio is not None else {"params": self.params})}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"kl": KL, "energy": Energy, "footprint": Footprint, "uniform": Uniform}
 
 
 def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
-    """A :class:`Strategy` from an instance or a name (``kl``, ``energy``, ``footprint``) plus options.
+    """A :class:`Strategy` from an instance or a name (``kl``, ``energy``, ``footprint``, ``uniform``) plus options.
 
     Raises:
         ValueError: unknown name, or options that the strategy does not take / a value out of range.
@@ -199,7 +264,7 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
         raise ValueError(f"Unknown PFA strategy {strategy!r}; allowed: {', '.join(STRATEGIES)} (or a Strategy instance).")
     cls = STRATEGIES[strategy.lower()]
-    allowed = {"kl": set(), "energy": {"threshold"}, "footprint": {"ratio", "metric"}}[cls.name]
+    allowed = {"kl": set(), "energy": {"threshold"}, "footprint": {"ratio", "metric"}, "uniform": {"ratio", "params"}}[cls.name]
     extra = {k for k, v in options.items() if v is not None} - allowed
     if extra:
         raise ValueError(

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,11 @@ class SweepSummary(Callback):
         logger_cfg = config.get("logger") or {}
         if "wandb" in logger_cfg:
             self._log_wandb(config, sweep_dir, csv_path, png)
+        failed = sorted((p.parent.name for p in sweep_dir.glob("*/error.txt")), key=lambda n: (len(n), n))
+        if failed:
+            print(f"Error: {len(failed)} job(s) of the sweep failed ({', '.join(failed)}): see their error.txt; "
+                  f"the others are summarised in {csv_path}", file=sys.stderr)
+            sys.exit(1)
 
     @staticmethod
     def _sweep_dir(config: DictConfig) -> Path | None:

@@ -316,7 +316,7 @@ def test_reset_starts_the_new_optimizer_empty():
     ({"strategy": "kl", "threshold": 0.9}, r"Strategy 'kl' takes no options, got unexpected \['threshold'\]"),
     ({"strategy": "energy", "threshold": 1.5}, r"`threshold` must be a number in \(0, 1\], got 1.5"),
     ({"strategy": "footprint", "ratio": 0.5, "metric": "latency"}, r"Unknown footprint metric 'latency'; allowed"),
-    ({"selection": "random"}, r"Unknown selection 'random'; allowed: abs_max, l1_max"),
+    ({"selection": "magnitude"}, r"Unknown selection 'magnitude'; allowed: abs_max, l1_max, weight_l1, random"),
     ({"compress_at": []}, r"`compress_at` must be an epoch number >= 1 .*got \[\]"),
     ({"compress_at": [0]}, r"`compress_at` must be .*got \[0\]"),
     ({"compress_at": [3, 3]}, r"`compress_at` must be .*distinct.*got \[3, 3\]"),
@@ -350,6 +350,8 @@ def test_compress_at_is_required():
     (NoForward, {"compress_at": [2]}, r"runs NoForward\(inputs\) on a batch's model input, but its `forward`"),
     (ResidualNet, {"compress_at": [2], "layers": ["head*"]}, r"`layers` entry 'head\*' matches no prunable layer"),
     (ResidualNet, {"compress_at": [2], "exclude": "*"}, r"`layers`/`exclude` leave no layer to compress"),
+    (ResidualNet, {"compress_at": [2], "strategy": "footprint", "ratio": 0.001},
+     r"Footprint ratio 0.001 \(params\) is out of reach for ResidualNet: even with every analysed layer at min_units=1"),
 ])
 def test_trainer_level_mistakes_fail_before_training(module_cls, pfa_kwargs, match):
     module = module_cls()

@@ -45,7 +45,7 @@ def test_bad_values(make, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"selection": "random"}, r"Unknown selection 'random'; allowed: abs_max, l1_max"),
+        ({"selection": "magnitude"}, r"Unknown selection 'magnitude'; allowed: abs_max, l1_max, weight_l1, random"),
         ({"min_units": 0}, r"`min_units` must be an integer >= 1, got 0"),
         ({"coupled": "merge"}, r"`coupled` must be one of \('joint', 'skip'\), got 'merge'"),
         ({"strategy": "svd"}, r"Unknown PFA strategy 'svd'"),

@@ -31,6 +31,10 @@ def test_cifar_loader_reads_the_real_format_with_class_subset(fake_cifar):
     assert len(dm.split("train")) + len(dm.split("val")) == 20 * train_files and len(dm.split("test")) == 20
     assert dm.num_classes == (10 if name == "cifar10" else 100)
 
+    # validation and analysis read plain images; training ones are augmented (random crops and flips)
+    assert torch.equal(dm.split("val")[0][0], dm.split("val")[0][0])
+    assert torch.equal(next(iter(dm.analysis_dataloader()))[0], next(iter(dm.analysis_dataloader()))[0])
+
     subset = CIFARDataModule(name, data_dir=str(root), download=False, batch_size=64, classes=[1, 3])
     subset.setup()
     labels = torch.cat([y for _, y in subset.test_dataloader()])
@@ -80,9 +84,14 @@ def test_imagefolder(tmp_path):
         for c in ("cat", "dog"):
             (tmp_path / part / c).mkdir(parents=True)
             for i in range(3):
-                Image.new("RGB", (10, 12), (i * 40, 0, 0)).save(tmp_path / part / c / f"{i}.png")
+                Image.new("RGB", (10, 12), (200, 0, 0) if c == "cat" else (0, 0, 200)).save(tmp_path / part / c / f"{i}.png")
     dm = ImageFolderDataModule(root=str(tmp_path), size=16, batch_size=4, val_fraction=0.2)
     dm.setup()
     assert dm.num_classes == 2
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape[1:] == (3, 16, 16)
+    red = dm.split("test")[0][0]  # colour is kept: a red image is red
+    assert red[0].mean() > 0.5 and red[2].mean() < -0.5
+    grey = ImageFolderDataModule(root=str(tmp_path), size=16, in_channels=1)
+    grey.setup()
+    assert grey.split("test")[0][0].shape == (1, 16, 16)

@@ -58,7 +58,10 @@ def compose_and_run(overrides: list[str], out: Path) -> dict:
 def _cases() -> list[list[str]]:
     cases = [[f"model={m}"] for m in options("model")]
     cases += [[f"dataset={d}"] for d in options("dataset") if d != "imagefolder"]
+    cases += [["dataset=synthetic", "dataset.size=64", "model=vgg11"]]
     cases += [[f"pfa={p}"] for p in options("pfa")]
+    cases += [["pfa=kl", "pfa.compensate=true", "pfa.selection=weight_l1", "pfa.optimizer_state=transplant"],
+              ["pfa=footprint", "pfa.metric=flops", "pfa.selection=random"]]
     cases += [["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true"],
               ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1"], ["trainer=cpu"]]
     cases += [[f"logger={l}"] for l in options("logger")]
@@ -162,17 +165,32 @@ def test_clear_errors_for_bad_input(tmp_path):
     assert proc.returncode == 1 and "cifar10 was not found in" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_failed_job_keeps_finished_results(tmp_path):
+def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    # the second job has an invalid threshold: the sweep stops there, the first job's results stay
+    # the first job has an invalid threshold: it fails with one line, the second still runs
     proc = _cli(["-m", "dataset=synthetic", "model=simplecnn", "model.width=0.25", "pfa=energy",
-                 "pfa.threshold=0.9,7", "logger=none", *FAST[:3], "dataset.num_samples=96",
+                 "pfa.threshold=7,0.9", "logger=none", *FAST[:3], "dataset.num_samples=96",
                  f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 1
     assert "Error: `threshold` must be a number in (0, 1], got 7" in proc.stderr
-    assert json.loads((sweep / "0" / "results.json").read_text())["acc_final"] is not None
+    assert "Error: 1 job(s) of the sweep failed (0)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (sweep / "0" / "error.txt").exists()
+    assert json.loads((sweep / "1" / "results.json").read_text())["acc_final"] is not None
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
-    assert [r["job"] for r in rows] == ["0"]
+    assert [r["job"] for r in rows] == ["1"]
+    assert (sweep / "accuracy_vs_footprint.png").exists()
+
+
+def test_ddp_run_writes_its_outputs(tmp_path):
+    out = tmp_path / "ddp"
+    proc = _cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "dataset=synthetic",
+                 "dataset.num_samples=96", "model=simplecnn", "logger=none", *FAST[:3], "model.width=0.25",
+                 f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["params_compressed"] < results["params_full"]
+    assert (out / "final.ckpt").exists() and (out / "recipe.txt").exists()
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
