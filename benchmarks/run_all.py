@@ -194,7 +194,7 @@ def speed(args, keep, log) -> dict:
     bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--batches", "16"],
                            capture_output=True, text=True, check=True).stdout
     memory = []
-    for n in (256, 1024, 4096):
+    for n in (256, 1024, 4096, 8192):
         out = subprocess.run([sys.executable, __file__, "--_memory-probe", str(n)], capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()[-1]
         memory.append(json.loads(out))
@@ -203,16 +203,20 @@ def speed(args, keep, log) -> dict:
 
 
 def memory_probe(n: int) -> None:
-    """(Subprocess) collect VGG-16 statistics over n samples; print accumulator bytes and peak RSS."""
+    """(Subprocess) VGG-16 over n samples: accumulator bytes, and how much the collection pass raises the
+    process's peak memory above a plain inference pass over the same batches."""
     import resource
 
     model = build("vgg16").eval()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    batches = (torch.rand(min(128, n - i), 3, 32, 32) for i in range(0, n, 128))
+    batches = [torch.rand(min(128, n - i), 3, 32, 32) for i in range(0, n, 128)]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    plain_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stats = pfa.collect_responses(model, batches, progress=False)
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     acc = sum(t.numel() * t.element_size() for t in stats.tensors())
-    print(json.dumps({"samples": n, "stats_mib": acc / 2**20, "peak_rss_growth_mib": (rss1 - rss0) / 1024}))
+    print(json.dumps({"samples": n, "stats_mib": acc / 2**20, "peak_rss_growth_mib": (peak - plain_peak) / 1024}))
 
 
 # -- iterative ------------------------------------------------------------------------------------
@@ -244,6 +248,11 @@ def pm(values: list[float], pct: bool = True) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def mean(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.mean(values) if values else float("nan")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -258,7 +267,15 @@ def machine() -> str:
             f"torch {torch.__version__}, torch-pruning {__import__('torch_pruning').__version__}")
 
 
-def plots(arms: dict[str, Arm], iter_rows: list[dict]) -> None:
+def _curve_plot(ax, arms: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        curves = arms[name]["curves"]
+        if curves:
+            n = min(len(c) for c in curves)
+            ax.plot(range(1, n + 1), [statistics.mean(c[i] for c in curves) for i in range(n)], "-o", label=name)
+
+
+def plots(data: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,69 +283,132 @@ def plots(arms: dict[str, Arm], iter_rows: list[dict]) -> None:
 
     from pfa_lightning.plots import plot_accuracy_vs_footprint
 
-    fig = plot_accuracy_vs_footprint([statistics.mean(arms[a].params) for a in arms],
-                                     [statistics.mean(arms[a].final) for a in arms], list(arms),
-                                     title="Final test accuracy versus parameters (mean over seeds)")
+    arms, rows = data["arms"], data["iterative"]
+    fig = plot_accuracy_vs_footprint([mean(a["params"]) for a in arms.values()], [mean(a["final"]) for a in arms.values()],
+                                     list(arms), title="Final test accuracy versus parameters (mean over seeds)")
     fig.savefig(RESULTS / "quality.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name in ("PFA-KL", "KL architecture from scratch"):
-        curves = arms[name].curves
-        if curves:
-            n = min(len(c) for c in curves)
-            mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
-            ax.plot(range(1, n + 1), mean, "-o", label=name)
-    ax.set_xlabel("epochs of training of the compressed architecture")
-    ax.set_ylabel("test accuracy")
+    _curve_plot(ax, arms, ("PFA-KL", "KL architecture from scratch"))
+    ax.set(xlabel="epochs of training of the compressed architecture", ylabel="test accuracy",
+           title="Filter selection + fine-tuning vs training from scratch")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("Filter selection + fine-tuning vs training from scratch")
     fig.tight_layout()
     fig.savefig(RESULTS / "scratch_vs_finetune.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot([r["round"] for r in iter_rows], [r["params"] for r in iter_rows], "-o", label="parameters (fraction)")
-    ax.plot([r["round"] for r in iter_rows], [r["final"] for r in iter_rows], "-s", label="test accuracy")
-    ax.set_xlabel("PFA-KL round")
+    ax.plot([r["round"] for r in rows], [r["params"] for r in rows], "-o", label="parameters (fraction)")
+    ax.plot([r["round"] for r in rows], [r["final"] for r in rows], "-s", label="test accuracy")
+    ax.set(xlabel="PFA-KL round", title="Iterative PFA-KL")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("Iterative PFA-KL")
     fig.tight_layout()
     fig.savefig(RESULTS / "iterative.png", dpi=120)
     plt.close(fig)
 
 
-def report(args, arms, speed_rows, iter_rows, elapsed: float) -> str:
-    command = "python benchmarks/run_all.py " + " ".join(sys.argv[1:])
+def _verdict(arms: dict, ranked: list[str]) -> str:
+    spread = max(statistics.stdev(arms[n]["final"]) if len(arms[n]["final"]) > 1 else 0.0 for n in ranked)
+    gap = mean(arms[ranked[0]]["final"]) - mean(arms["PFA-KL"]["final"])
+    if ranked[0] == "PFA-KL":
+        gap = mean(arms["PFA-KL"]["final"]) - mean(arms[ranked[1]]["final"])
+        head = f"PFA-KL is the best of these arms, by {100 * gap:.1f} points"
+    else:
+        head = f"PFA-KL does not win: {ranked[0]} is {100 * gap:.1f} points better"
+    within = "within" if gap <= spread else "beyond"
+    return f"{head}, {within} the seeds' spread (largest std {100 * spread:.1f} points)."
+
+
+def reading(data: dict) -> list[str]:
+    """What the numbers say, computed from them (no number here is typed by hand)."""
+    arms, args = data["arms"], data["args"]
+    kl = arms["PFA-KL"]
+    out = ["## Reading the numbers", ""]
+    same = [n for n in ("random @ KL widths", "weight_l1 @ KL widths", "uniform @ KL params") if n in arms]
+    ranked = sorted(["PFA-KL", *same], key=lambda n: -mean(arms[n]["final"]))
+    out.append(f"- At PFA-KL's footprint ({100 * mean(kl['params']):.1f}% of the parameters), final accuracy ranks: "
+               + ", ".join(f"{n} {100 * mean(arms[n]['final']):.1f}%" for n in ranked)
+               + f" (full model {100 * mean(arms['full model']['final']):.1f}%). "
+               + _verdict(arms, ranked))
+    scratch = arms.get("KL architecture from scratch")
+    if scratch and kl["curves"] and scratch["curves"]:
+        ft = [statistics.mean(c[i] for c in kl["curves"]) for i in range(len(kl["curves"][0]))]
+        sc = [statistics.mean(c[i] for c in scratch["curves"]) for i in range(len(scratch["curves"][0]))]
+        reach = next((i + 1 for i, v in enumerate(sc) if v >= ft[-1]), None)
+        out.append(f"- Fine-tuning the kept filters reaches {100 * ft[-1]:.1f}% after {len(ft)} epoch(s); the same "
+                   f"architecture from scratch gets {100 * sc[len(ft) - 1]:.1f}% after {len(ft)} and "
+                   f"{100 * sc[-1]:.1f}% after all {len(sc)} epochs"
+                   + (f" (it first matches fine-tuning after {reach} epochs)." if reach else " (never matching fine-tuning)."))
+    comp = arms.get("PFA-KL + compensation")
+    if comp:
+        d_cut = mean(comp["after_surgery"]) - mean(kl["after_surgery"])
+        d_fin = mean(comp["final"]) - mean(kl["final"])
+        verdict = "wins" if d_fin > 0 and d_cut > 0 else "does not win"
+        out.append(f"- Compensation changes accuracy right after surgery by {100 * d_cut:+.1f} points and final accuracy "
+                   f"by {100 * d_fin:+.1f} points: it {verdict} here"
+                   + (", so it stays off by default." if verdict != "wins" else "; it is still off by default, pending "
+                      "more data sets.") + " It only applies to layers whose response reaches the consumer "
+                   "linearly (in VGG not across max-pooling).")
+    slow = [r for r in data["throughput"] if r["speedup"] < 0.8 * r["flops_reduction"]]
+    fast = [r for r in data["throughput"] if r not in slow]
+    out.append(f"- Speed: {len(fast)} of {len(data['throughput'])} configurations reach a speed-up of at least 0.8x the "
+               "FLOPs reduction" + (". Below target: " + "; ".join(
+                   f"{r['model']}, {r['device']}, batch {r['batch']} ({r['speedup']:.2f}x for {r['flops_reduction']:.2f}x fewer FLOPs)"
+                   for r in slow) + ". Where layers are thin or the batch is 1, per-layer overhead (kernel launch, memory "
+                   "traffic, BatchNorm/ReLU/pooling that do not shrink with the conv FLOPs) dominates, so removing "
+                   "FLOPs buys less time." if slow else "."))
+    mem = data["memory"]
+    if len(mem) >= 2:
+        growth = [m["peak_rss_growth_mib"] for m in mem]
+        out.append(f"- Memory: the accumulators take {mem[0]['stats_mib']:.1f} MiB whatever the number of samples; the "
+                   f"collection's extra peak memory stays between {min(growth):.0f} and {max(growth):.0f} MiB from "
+                   f"{mem[0]['samples']} to {mem[-1]['samples']} samples ({mem[-1]['samples'] // mem[0]['samples']}x more): "
+                   "bounded, not proportional to the samples (the rest is a 256-row response buffer per layer and "
+                   "allocator noise).")
+    rows = data["iterative"]
+    if len(rows) >= 3:
+        last, prev = rows[-1]["params"], rows[-2]["params"]
+        trail = " -> ".join(f"{100 * r['params']:.1f}%" for r in rows)
+        out.append(f"- Iterative PFA-KL: parameters {trail}; the last "
+                   f"round removes {100 * (prev - last) / prev:.1f}% of what was left"
+                   + (", so the footprint converges, as the paper says." if (prev - last) / prev < 0.25 else
+                      ", so it is still shrinking after these rounds."))
+    out.append("")
+    return out
+
+
+def report(data: dict) -> str:
+    args, arms, speed_rows, iter_rows = data["args"], data["arms"], data, data["iterative"]
     lines = [
         "# Benchmarks", "",
-        f"Produced by `{command.strip()}` in {elapsed / 60:.0f} min on: {machine()}.",
-        f"Model {args.model} (width x{args.width:g}) on {args.dataset}; {args.seeds} seeds; every arm trains "
-        f"{args.epochs} + {args.finetune_epochs} epochs (SGD, cosine); PFA analysis on at most {args.max_samples} "
+        f"Produced by `{data['command']}` in {data['elapsed'] / 60:.0f} min on: {data['machine']}.",
+        f"Model {args['model']} (width x{args['width']:g}) on {args['dataset']}; {args['seeds']} seeds; every arm trains "
+        f"{args['epochs']} + {args['finetune_epochs']} epochs (SGD, cosine); PFA analysis on at most {args['max_samples']} "
         "training samples. Numbers are measured on this machine, not quoted from the paper.", "",
         "## Quality (accuracy in %, mean ± std over seeds)", "",
         "| arm | params % | FLOPs % | accuracy right after surgery | final accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for arm in arms.values():
-        lines.append(f"| {arm.name} | {pm(arm.params)} | {pm(arm.flops)} | {pm(arm.after_surgery)} | {pm(arm.final)} |")
+    for name, arm in arms.items():
+        lines.append(f"| {name} | {pm(arm['params'])} | {pm(arm['flops'])} | {pm(arm['after_surgery'])} | {pm(arm['final'])} |")
     lines += ["", "Plots: [accuracy vs parameters](benchmarks/results/quality.png), "
               "[fine-tuning vs scratch per epoch](benchmarks/results/scratch_vs_finetune.png).", ""]
     kl, scratch = arms["PFA-KL"], arms["KL architecture from scratch"]
-    if kl.curves and scratch.curves:
-        n = len(scratch.curves[0])
+    if kl["curves"] and scratch["curves"]:
+        n = len(scratch["curves"][0])
         lines += ["Fine-tuning from the kept filters vs the same architecture from scratch (test accuracy %, mean "
                   "over seeds, after each epoch of training the compressed architecture; fine-tuning gets "
-                  f"{args.finetune_epochs} epochs after the full network's {args.epochs}, scratch all {n}):", "",
+                  f"{args['finetune_epochs']} epochs after the full network's {args['epochs']}, scratch all {n}):", "",
                   "| epoch | " + " | ".join(str(i + 1) for i in range(n)) + " |", "| --- |" + " ---: |" * n]
-        for arm in (kl, scratch):
-            cells = [f"{100 * statistics.mean(c[i] for c in arm.curves):.1f}" for i in range(len(arm.curves[0]))]
-            lines.append(f"| {arm.name} | " + " | ".join(cells + [""] * (n - len(cells))) + " |")
+        for name, arm in (("PFA-KL (fine-tuning)", kl), ("KL architecture from scratch", scratch)):
+            cells = [f"{100 * statistics.mean(c[i] for c in arm['curves']):.1f}" for i in range(len(arm["curves"][0]))]
+            lines.append(f"| {name} | " + " | ".join(cells + [""] * (n - len(cells))) + " |")
         lines.append("")
     lines += ["## Compensation", "",
               "| arm | accuracy right after surgery | final accuracy |", "| --- | ---: | ---: |"]
     for name in ("PFA-KL", "PFA-KL + compensation"):
-        lines.append(f"| {name} | {pm(arms[name].after_surgery)} | {pm(arms[name].final)} |")
+        lines.append(f"| {name} | {pm(arms[name]['after_surgery'])} | {pm(arms[name]['final'])} |")
     lines += ["", "## Speed", "",
               "| model | device | batch | full (img/s) | compressed (img/s) | speed-up | FLOPs reduction | speed-up / FLOPs reduction |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -338,8 +418,10 @@ def report(args, arms, speed_rows, iter_rows, elapsed: float) -> str:
     lines += ["", "Target: speed-up >= 0.8 x the FLOPs reduction.", "",
               "Collection overhead and surgery time (`benchmarks/bench_core.py`, full-size VGG-16, 32x32):", "",
               "```", speed_rows["bench_core"].strip(), "```", "",
-              "Statistics memory against the number of analysed samples (VGG-16, a fresh process each):", "",
-              "| samples | float64 accumulators (MiB) | peak RSS growth of the process (MiB) |", "| ---: | ---: | ---: |"]
+              "Statistics memory against the number of analysed samples (VGG-16, a fresh process each; the last "
+              "column is how far the collection pass raises the process's peak memory above a plain inference "
+              "pass over the same batches, which the process already holds in memory):", "",
+              "| samples | float64 accumulators (MiB) | extra peak memory of collection (MiB) |", "| ---: | ---: | ---: |"]
     for m in speed_rows["memory"]:
         lines.append(f"| {m['samples']} | {m['stats_mib']:.1f} | {m['peak_rss_growth_mib']:.0f} |")
     lines += ["", "## Iterative PFA-KL (seed 0)", "",
@@ -349,7 +431,7 @@ def report(args, arms, speed_rows, iter_rows, elapsed: float) -> str:
         after = "—" if r["after_surgery"] != r["after_surgery"] else f"{100 * r['after_surgery']:.1f}"
         lines.append(f"| {r['round']} | {100 * r['params']:.1f} | {100 * r['flops']:.1f} | {after} | {100 * r['final']:.1f} |")
     lines += ["", "Plot: [iterative](benchmarks/results/iterative.png).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + reading(data))
 
 
 def main() -> None:
@@ -369,24 +451,29 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs=3, default=[0.9, 0.95, 0.99])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the report and plots from benchmarks/results/raw.json without measuring again")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    start = time.time()
+    raw = RESULTS / "raw.json"
+    if args.render_only:
+        data = json.loads(raw.read_text())
+    else:
+        start = time.time()
 
-    def log(message: str) -> None:
-        print(f"[{time.time() - start:6.0f} s] {message}", flush=True)
+        def log(message: str) -> None:
+            print(f"[{time.time() - start:6.0f} s] {message}", flush=True)
 
-    arms, keep = quality(args, log)
-    iter_rows = iterative(args, keep, log)
-    speed_rows = speed(args, keep, log)
-    plots(arms, iter_rows)
-    text = report(args, arms, speed_rows, iter_rows, time.time() - start)
-    Path(args.output).write_text(text)
-    (RESULTS / "raw.json").write_text(json.dumps({
-        "args": vars(args), "arms": {k: vars(v) for k, v in arms.items()}, "iterative": iter_rows,
-        "throughput": speed_rows["throughput"], "memory": speed_rows["memory"]}, indent=1))
-    log(f"wrote {args.output}")
+        arms, keep = quality(args, log)
+        iter_rows = iterative(args, keep, log)
+        speed_rows = speed(args, keep, log)
+        data = {"command": ("python benchmarks/run_all.py " + " ".join(sys.argv[1:])).strip(), "machine": machine(),
+                "elapsed": time.time() - start, "args": vars(args), "arms": {k: vars(v) for k, v in arms.items()},
+                "iterative": iter_rows, **speed_rows}
+        raw.write_text(json.dumps(data, indent=1))
+    plots(data)
+    Path(args.output).write_text(report(data))
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from pfa_lightning._optim_state import copy_hyperparameters, kept_parameter_indices, transplant_state
 from pfa_lightning.footprint import FootprintProbe, count_flops, count_params
-from pfa_lightning.graph import ModelGraph, clone_inputs, match_layers, module_width, run_model
+from pfa_lightning.graph import ModelGraph, clone_inputs, evaluating, match_layers, module_width, run_model
 from pfa_lightning.recipe import COUPLED_MODES, Recipe, apply_recipe, check_min_units, make_recipe
 from pfa_lightning.selection import check_selection
 from pfa_lightning.stats import POOLINGS, ResponseStats, collect_responses, first_input, model_device
@@ -690,20 +690,14 @@ class PFACallback(Callback):
         """Accuracy over every rank's share of the evaluation data, or None if not classification."""
         data, limit = self._evaluation_data(trainer)
         counts = torch.zeros(2, dtype=torch.float64, device=model_device(pl_module))
-        training = {m: m.training for m in pl_module.modules()}
-        pl_module.eval()
-        try:
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                for batch in _Converted(data, trainer.precision_plugin.convert_input):
-                    result = self.accuracy_counts(pl_module, batch)
-                    if result is None:
-                        break  # not classification: no accuracy (and no endless iterable)
-                    counts += torch.tensor(result, dtype=torch.float64, device=counts.device)
-                    if limit is not None and counts[1] >= limit:
-                        break
-        finally:
-            for module, flag in training.items():
-                module.training = flag
+        with evaluating(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
+            for batch in _Converted(data, trainer.precision_plugin.convert_input):
+                result = self.accuracy_counts(pl_module, batch)
+                if result is None:
+                    break  # not classification: no accuracy (and no endless iterable)
+                counts += torch.tensor(result, dtype=torch.float64, device=counts.device)
+                if limit is not None and counts[1] >= limit:
+                    break
         _all_reduce(trainer, [counts])
         return float(counts[0] / counts[1]) if counts[1] > 0 else None
 

@@ -22,8 +22,8 @@ from pytorch_lightning.loggers import WandbLogger
 
 from pfa_lightning.callback import PFACallback
 from pfa_lightning.footprint import count_flops, count_params
-from pfa_lightning.recipe import Recipe
-from pfa_lightning.spectrum import Spectrum
+from pfa_lightning.graph import evaluating
+from pfa_lightning.recipe import Recipe, spectra_of
 from pfa_lightning.stats import ResponseStats, first_input, model_device
 
 log = logging.getLogger("pfa_lightning")
@@ -42,8 +42,7 @@ class ExperimentPFACallback(PFACallback):
         self.spectra: list[dict[str, list[float]]] = []
 
     def on_statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: ResponseStats) -> None:
-        self.spectra.append({name: Spectrum(name, s.covariance(), s.num_samples).eigenvalues.tolist()
-                             for name, s in stats.items()})
+        self.spectra.append({name: eig.tolist() for name, eig in spectra_of(stats).items()})
 
     def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Recipe:
         before = self.test_accuracy(pl_module)
@@ -61,18 +60,13 @@ class ExperimentPFACallback(PFACallback):
             return None
         dm = self.datamodule
         data = dm._loader(dm.split("test", specialized=bool(dm.specialize_classes)), False, dm.eval_batch_size)
-        training = {m: m.training for m in pl_module.modules()}
-        pl_module.eval()
         correct = total = 0
-        try:
+        with evaluating(pl_module):
             for batch in data:
                 result = self.accuracy_counts(pl_module, batch)
                 if result is None:
                     return None
                 correct, total = correct + result[0], total + result[1]
-        finally:
-            for module, flag in training.items():
-                module.training = flag
         return correct / total if total else None
 
 

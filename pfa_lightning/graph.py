@@ -10,9 +10,10 @@ space. Spaces that reach the model's output (the classifier) are never analysed.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,18 @@ class ChannelSpace:
     @property
     def coupled(self) -> bool:
         return len(self.producers) > 1
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and give every submodule its own train/eval flag back."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 def clone_inputs(example_inputs: Any, n: int | None = None, device: torch.device | str | None = None) -> Any:

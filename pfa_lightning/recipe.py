@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.graph import ModelGraph, _ModelState, clone_inputs, module_width, run_model
+from pfa_lightning.graph import ModelGraph, _ModelState, clone_inputs, evaluating, module_width, run_model
 from pfa_lightning.selection import check_selection, select_units
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
@@ -113,8 +113,8 @@ class Recipe:
                     kept_indices=[int(i) for i in entry["kept_indices"]], group=str(entry.get("group", "")),
                     response=str(entry.get("response", "")), diagnostics=dict(entry.get("diagnostics", {})),
                 ))
-            except (KeyError, TypeError) as err:
-                raise ValueError(f"Malformed recipe layer entry {entry!r}: {err}") from None
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"Malformed recipe layer entry {entry!r}: {type(err).__name__}: {err}") from None
         return cls(layers, dict(data.get("strategy", {})), str(data.get("selection", "abs_max")),
                    dict(data.get("summary", {})))
 
@@ -341,14 +341,8 @@ def _output_shapes(output: Any) -> Any:
 
 
 def _eval_forward(model: nn.Module, inputs: Any) -> Any:
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            return _output_shapes(run_model(model, inputs))
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with evaluating(model), torch.no_grad():
+        return _output_shapes(run_model(model, inputs))
 
 
 def _verify(model: nn.Module, recipe: Recipe, inputs: Any, before: Any) -> str:

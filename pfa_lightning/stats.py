@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pfa_lightning.graph import ModelGraph, ResponsePoint, clone_inputs, match_layers, module_width, run_model
+from pfa_lightning.graph import ModelGraph, ResponsePoint, clone_inputs, evaluating, match_layers, module_width, run_model
 
 POOLINGS = ("max", "avg")
 
@@ -185,7 +185,7 @@ class _Collector:
     the float64 sums in larger blocks: a few big matrix products instead of one small per batch.
     """
 
-    def __init__(self, stats: LayerStats, point: ResponsePoint, pooling: str, rows: int = 1024) -> None:
+    def __init__(self, stats: LayerStats, point: ResponsePoint, pooling: str, rows: int = 256) -> None:
         self.stats, self.point, self.pooling, self.rows = stats, point, pooling, rows
         self._buffer: list[Tensor] = []
         self._buffered = 0
@@ -315,27 +315,21 @@ def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device
         needed = math.ceil(max_samples / batch_size)
         total_batches = needed if total_batches is None else min(total_batches, needed)
 
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
     seen = 0
-    try:
-        with torch.no_grad(), progress_bar(description, total_batches, enabled=progress) as advance:
-            batch = first
-            while batch is not None:
-                x = first_input(batch)
-                n = _batch_size(x)
-                if max_samples is not None and seen + n > max_samples:
-                    n = max_samples - seen
-                    x = clone_inputs(x, n)
-                run_model(model, clone_inputs(x, device=device))
-                seen += n
-                advance()
-                if max_samples is not None and seen >= max_samples:
-                    break
-                batch = next(rest, None)
-    finally:
-        for m, flag in was_training.items():
-            m.training = flag
+    with evaluating(model), torch.no_grad(), progress_bar(description, total_batches, enabled=progress) as advance:
+        batch = first
+        while batch is not None:
+            x = first_input(batch)
+            n = _batch_size(x)
+            if max_samples is not None and seen + n > max_samples:
+                n = max_samples - seen
+                x = clone_inputs(x, n)
+            run_model(model, clone_inputs(x, device=device))
+            seen += n
+            advance()
+            if max_samples is not None and seen >= max_samples:
+                break
+            batch = next(rest, None)
     if seen < 2:
         raise ValueError(f"The analysis data gave {seen} sample(s); PFA needs at least 2.")
 
