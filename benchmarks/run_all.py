@@ -191,7 +191,7 @@ def speed(args, keep, log) -> dict:
                 rows.append({"model": label, "device": device.type, "batch": batch, "full_per_s": tf,
                              "compressed_per_s": tc, "speedup": tc / tf, "flops_reduction": flops_ratio})
     log("throughput done")
-    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--batches", "16"],
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--batches", "16", "--repeats", "5"],
                            capture_output=True, text=True, check=True).stdout
     memory = []
     for n in (256, 1024, 4096, 8192):
@@ -358,14 +358,24 @@ def reading(data: dict) -> list[str]:
                    for r in slow) + ". Where layers are thin or the batch is 1, per-layer overhead (kernel launch, memory "
                    "traffic, BatchNorm/ReLU/pooling that do not shrink with the conv FLOPs) dominates, so removing "
                    "FLOPs buys less time." if slow else "."))
+    ratio = next((float(l.split(":")[1].split()[0]) for l in data["bench_core"].splitlines()
+                  if l.startswith("collection / plain")), None)
+    if ratio is not None:
+        out.append(f"- Collection overhead: {ratio:.3f}x a plain inference pass (target 1.10"
+                   + (", met)." if ratio <= 1.10 else ", missed on this run: the hooks add a max over each feature map "
+                      "and float64 outer products of the pooled responses; on a shared 2-core machine the ratio "
+                      "varies by a few percent between runs)."))
     mem = data["memory"]
     if len(mem) >= 2:
         growth = [m["peak_rss_growth_mib"] for m in mem]
-        out.append(f"- Memory: the accumulators take {mem[0]['stats_mib']:.1f} MiB whatever the number of samples; the "
-                   f"collection's extra peak memory stays between {min(growth):.0f} and {max(growth):.0f} MiB from "
-                   f"{mem[0]['samples']} to {mem[-1]['samples']} samples ({mem[-1]['samples'] // mem[0]['samples']}x more): "
-                   "bounded, not proportional to the samples (the rest is a 256-row response buffer per layer and "
-                   "allocator noise).")
+        span = f"from {mem[0]['samples']} to {mem[-1]['samples']} samples ({mem[-1]['samples'] // mem[0]['samples']}x more)"
+        if max(growth) < 1:
+            extra = f"{span} the collection never raised the process's peak memory above the plain inference pass."
+        else:
+            extra = (f"the collection's extra peak memory stays between {min(growth):.0f} and {max(growth):.0f} MiB {span}: "
+                     "bounded, not proportional to the samples (a 256-row response buffer per layer, allocator noise).")
+        out.append(f"- Memory: the accumulators take {mem[0]['stats_mib']:.1f} MiB whatever the number of samples; "
+                   + extra)
     rows = data["iterative"]
     if len(rows) >= 3:
         last, prev = rows[-1]["params"], rows[-2]["params"]
