@@ -727,7 +727,7 @@ class PFACallback(Callback):
         Console().print(recipe.table(title=f"PFA compression {len(self.history)} after epoch {entry['epoch']}"))
         accuracy = ""
         if "pfa/acc_before" in metrics and "pfa/acc_after" in metrics:
-            accuracy = f", accuracy {metrics['pfa/acc_before']:.4f} -> {metrics['pfa/acc_after']:.4f}"
+            accuracy = f", validation accuracy {metrics['pfa/acc_before']:.4f} -> {metrics['pfa/acc_after']:.4f}"
         rank_zero_info(
             f"PFA after epoch {entry['epoch']}: params {entry['params_before']:,} -> {entry['params_after']:,} "
             f"({metrics['pfa/params_ratio']:.1%}), FLOPs {entry['flops_before']:,} -> {entry['flops_after']:,} "
