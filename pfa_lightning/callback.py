@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from pfa_lightning._optim_state import copy_hyperparameters, kept_parameter_indices, transplant_state
 from pfa_lightning.footprint import FootprintProbe, count_flops, count_params
-from pfa_lightning.graph import ModelGraph, clone_inputs, evaluating, match_layers, module_width, run_model
+from pfa_lightning.graph import ModelGraph, analysable_layers, clone_inputs, evaluating, module_width, run_model
 from pfa_lightning.recipe import COUPLED_MODES, Recipe, apply_recipe, check_min_units, make_recipe
 from pfa_lightning.selection import check_selection
-from pfa_lightning.stats import POOLINGS, ResponseStats, collect_responses, first_input, model_device
+from pfa_lightning.stats import POOLINGS, ResponseStats, check_max_samples, collect_responses, first_input, model_device
 from pfa_lightning.strategies import Footprint, Strategy, resolve_strategy
 
 CHECKPOINT_KEY = "pfa"  # top-level checkpoint entry: {"version", "example_inputs", "history"}
@@ -76,12 +76,6 @@ def _validate_patterns(name: str, value: Any) -> list[str] | None:
     if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) for p in patterns):
         raise ValueError(f"`{name}` must be None, a module name/glob pattern or a list of them, got {value!r}.")
     return list(patterns)
-
-
-def _validate_max_samples(value: Any) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
-        raise ValueError(f"`max_samples` must be an integer >= 2 or None (all the data), got {value!r}.")
-    return value
 
 
 def _validate_dataloader(value: Any) -> Iterable | None:
@@ -381,7 +375,7 @@ class PFACallback(Callback):
         self.compress_at = _validate_compress_at(compress_at)
         self.selection = check_selection(selection)
         self.dataloader = _validate_dataloader(dataloader)
-        self.max_samples = _validate_max_samples(max_samples)
+        self.max_samples = check_max_samples(max_samples)
         self.pooling = _validate_choice("pooling", pooling, POOLINGS)
         self.layers = _validate_patterns("layers", layers)
         self.exclude = _validate_patterns("exclude", exclude)
@@ -522,17 +516,7 @@ class PFACallback(Callback):
                 f"PFACallback runs {type(pl_module).__name__}(inputs) on a batch's model input, but its "
                 f"`forward` is not implemented ({err}). Define `forward` to run the network."
             ) from None
-        candidates = graph.prunable_layers()
-        if not candidates:
-            raise ValueError(
-                f"{type(pl_module).__name__} has no prunable layer: PFA compresses Conv/Linear layers whose "
-                "outputs feed other layers (the final classifier is never compressed)."
-            )
-        chosen = match_layers(candidates, self.layers, "layers")
-        if self.exclude is not None:
-            chosen -= match_layers(candidates, self.exclude, "exclude")
-        if not chosen:
-            raise ValueError("`layers`/`exclude` leave no layer to compress.")
+        _, chosen = analysable_layers(pl_module, graph, self.layers, self.exclude, verb="compress")
         self._check_reachable(pl_module, graph, chosen, inputs)
 
     def _check_reachable(self, pl_module: pl.LightningModule, graph: ModelGraph, chosen: set[str], inputs: Any) -> None:
@@ -689,17 +673,24 @@ class PFACallback(Callback):
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
         """Accuracy over every rank's share of the evaluation data, or None if not classification."""
         data, limit = self._evaluation_data(trainer)
-        counts = torch.zeros(2, dtype=torch.float64, device=model_device(pl_module))
-        with evaluating(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
-            for batch in _Converted(data, trainer.precision_plugin.convert_input):
-                result = self.accuracy_counts(pl_module, batch)
-                if result is None:
-                    break  # not classification: no accuracy (and no endless iterable)
-                counts += torch.tensor(result, dtype=torch.float64, device=counts.device)
-                if limit is not None and counts[1] >= limit:
-                    break
+        with trainer.precision_plugin.forward_context():
+            correct, total = self.count_correct(pl_module, _Converted(data, trainer.precision_plugin.convert_input), limit)
+        counts = torch.tensor([correct, total], dtype=torch.float64, device=model_device(pl_module))
         _all_reduce(trainer, [counts])
         return float(counts[0] / counts[1]) if counts[1] > 0 else None
+
+    def count_correct(self, pl_module: pl.LightningModule, batches: Iterable, limit: int | None = None) -> tuple[int, int]:
+        """Correct predictions and samples over ``batches`` (eval mode, no grad); (0, 0) if not classification."""
+        correct = total = 0
+        with evaluating(pl_module), torch.no_grad():
+            for batch in batches:
+                result = self.accuracy_counts(pl_module, batch)
+                if result is None:
+                    return 0, 0  # not classification: no accuracy (and no endless iterable)
+                correct, total = correct + result[0], total + result[1]
+                if limit is not None and total >= limit:
+                    break
+        return correct, total
 
     # -- reporting ---------------------------------------------------------------------------------
     @staticmethod

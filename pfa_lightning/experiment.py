@@ -22,7 +22,6 @@ from pytorch_lightning.loggers import WandbLogger
 
 from pfa_lightning.callback import PFACallback
 from pfa_lightning.footprint import count_flops, count_params
-from pfa_lightning.graph import evaluating
 from pfa_lightning.recipe import Recipe, spectra_of
 from pfa_lightning.stats import ResponseStats, first_input, model_device
 
@@ -53,20 +52,13 @@ class ExperimentPFACallback(PFACallback):
                             if v is not None})
         return recipe
 
-    @torch.no_grad()
     def test_accuracy(self, pl_module: pl.LightningModule) -> float | None:
         """Accuracy on the data module's test split (the target classes when specialising)."""
         if self.datamodule is None:
             return None
         dm = self.datamodule
         data = dm._loader(dm.split("test", specialized=bool(dm.specialize_classes)), False, dm.eval_batch_size)
-        correct = total = 0
-        with evaluating(pl_module):
-            for batch in data:
-                result = self.accuracy_counts(pl_module, batch)
-                if result is None:
-                    return None
-                correct, total = correct + result[0], total + result[1]
+        correct, total = self.count_correct(pl_module, data)
         return correct / total if total else None
 
 

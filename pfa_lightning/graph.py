@@ -358,3 +358,20 @@ def match_layers(candidates: Sequence[str], patterns: Iterable[str] | None, what
             )
         chosen.update(hits)
     return chosen
+
+
+def analysable_layers(model: nn.Module, graph: ModelGraph, layers: Iterable[str] | None,
+                      exclude: Iterable[str] | None, verb: str = "analyse") -> tuple[list[str], set[str]]:
+    """(prunable layers, the ones ``layers``/``exclude`` choose), or a clear ValueError if there are none."""
+    candidates = graph.prunable_layers()
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable layer: PFA compresses Conv/Linear layers whose "
+            "outputs feed other layers (the final classifier is never compressed)."
+        )
+    chosen = match_layers(candidates, layers, "layers")
+    if exclude is not None:
+        chosen -= match_layers(candidates, exclude, "exclude")
+    if not chosen:
+        raise ValueError(f"`layers`/`exclude` leave no layer to {verb}.")
+    return candidates, chosen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -218,7 +219,14 @@ def make_recipe(
     spectra: list[Spectrum] = []
     spaces = []
     for space in graph.spaces:
-        if space.reaches_output or not all(p in stats for p in space.producers):
+        if space.reaches_output:
+            continue
+        missing = [p for p in space.producers if p not in stats]
+        if missing:
+            if len(missing) < len(space.producers):
+                warnings.warn(f"Layers {', '.join(p for p in space.producers if p in stats)} share their channels with "
+                              f"{', '.join(missing)}, which have no statistics (excluded?): the group is left whole.",
+                              stacklevel=2)
             continue
         if coupled == "skip" and space.coupled:
             continue

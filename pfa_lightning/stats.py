@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pfa_lightning.graph import ModelGraph, ResponsePoint, clone_inputs, evaluating, match_layers, module_width, run_model
+from pfa_lightning.graph import (ModelGraph, ResponsePoint, analysable_layers, clone_inputs, evaluating, module_width,
+                                 run_model)
 
 POOLINGS = ("max", "avg")
 
@@ -132,6 +133,12 @@ class ResponseStats(Mapping[str, LayerStats]):
                     f"Layer {name!r} produced NaN or Inf responses ({s.response}); "
                     "check the model's weights and inputs before compressing."
                 )
+
+
+def check_max_samples(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+        raise ValueError(f"`max_samples` must be an integer >= 2 or None, got {value!r} (None analyses all the data).")
+    return value
 
 
 def first_input(batch: Any) -> Any:
@@ -254,8 +261,7 @@ def collect_responses(
     """
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 2):
-        raise ValueError(f"`max_samples` must be an integer >= 2 or None, got {max_samples!r}.")
+    check_max_samples(max_samples)
     device = torch.device(device) if device is not None else model_device(model)
     iterator = iter(dataloader)
     try:
@@ -265,17 +271,7 @@ def collect_responses(
     x0 = clone_inputs(first_input(first), device=device)
 
     graph = ModelGraph(model, x0)
-    candidates = graph.prunable_layers()
-    if not candidates:
-        raise ValueError(
-            f"{type(model).__name__} has no prunable layer: PFA analyses Conv/Linear layers whose "
-            "outputs feed other layers (the final classifier is never compressed)."
-        )
-    chosen = match_layers(candidates, layers, "layers") - (
-        match_layers(candidates, exclude, "exclude") if exclude is not None else set()
-    )
-    if not chosen:
-        raise ValueError("`layers`/`exclude` leave no layer to analyse.")
+    candidates, chosen = analysable_layers(model, graph, layers, exclude)
 
     stats: dict[str, LayerStats] = {}
     hooks, collectors = [], []

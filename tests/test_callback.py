@@ -322,7 +322,7 @@ def test_reset_starts_the_new_optimizer_empty():
     ({"compress_at": [3, 3]}, r"`compress_at` must be .*distinct.*got \[3, 3\]"),
     ({"compress_at": "5"}, r"`compress_at` must be .*got '5'"),
     ({"compress_at": True}, r"`compress_at` must be .*got True"),
-    ({"max_samples": 1}, r"`max_samples` must be an integer >= 2 or None .*got 1"),
+    ({"max_samples": 1}, r"`max_samples` must be an integer >= 2 or None.*got 1"),
     ({"pooling": "median"}, r"`pooling` must be one of \('max', 'avg'\), got 'median'"),
     ({"layers": [3]}, r"`layers` must be None, a module name/glob pattern or a list of them, got \[3\]"),
     ({"exclude": []}, r"`exclude` must be None, .*got \[\]"),
