@@ -158,8 +158,9 @@ class ImageDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.split("val"), False, self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split("test"), False, self.eval_batch_size)
+    def test_dataloader(self, specialized: bool | None = None) -> DataLoader:
+        """The test split; ``specialized=True`` gives the target classes' test samples whatever the epoch."""
+        return self._loader(self.split("test", specialized), False, self.eval_batch_size)
 
     def analysis_dataloader(self) -> DataLoader:
         """Data for PFA's analysis: the training samples without augmentation (the target classes

@@ -57,7 +57,7 @@ class ExperimentPFACallback(PFACallback):
         if self.datamodule is None:
             return None
         dm = self.datamodule
-        data = dm._loader(dm.split("test", specialized=bool(dm.specialize_classes)), False, dm.eval_batch_size)
+        data = dm.test_dataloader(specialized=bool(dm.specialize_classes))
         correct, total = self.count_correct(pl_module, data)
         return correct / total if total else None
 

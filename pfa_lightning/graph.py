@@ -148,7 +148,7 @@ def _with_grad(inputs: Any) -> Any:
     return inputs
 
 
-class _ModelState:
+class ModelState:
     """Everything surgery may replace in a model, so that a failed surgery can be undone exactly."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -182,7 +182,7 @@ class ModelGraph:
     def __init__(self, model: nn.Module, example_inputs: Any) -> None:
         self.model = model
         self._names = {m: n for n, m in model.named_modules()}
-        state = _ModelState(model)
+        state = ModelState(model)
         try:
             with torch.enable_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -195,7 +195,7 @@ class ModelGraph:
             state.restore_training_flags()
         self.spaces: list[ChannelSpace] = self._find_spaces()
         self._used = False
-        self._before: _ModelState | None = None
+        self._before: ModelState | None = None
 
     # -- discovery ---------------------------------------------------------------------------
     def _find_spaces(self) -> list[ChannelSpace]:
@@ -314,7 +314,7 @@ class ModelGraph:
         if self._used:
             raise RuntimeError("This ModelGraph already performed a surgery; build a new one.")
         self._used = True
-        self._before = state = _ModelState(self.model)
+        self._before = state = ModelState(self.model)
         try:
             for root, idxs in removals.items():
                 idxs = sorted(int(i) for i in idxs)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.graph import ModelGraph, _ModelState, clone_inputs, evaluating, module_width, run_model
+from pfa_lightning.graph import ModelGraph, ModelState, clone_inputs, evaluating, module_width, run_model
 from pfa_lightning.selection import check_selection, select_units
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
@@ -384,7 +384,7 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any,
     graph = ModelGraph(model, inputs)
     removals = _check_fits(model, recipe, graph)
     before = _eval_forward(model, inputs)
-    state = _ModelState(model)
+    state = ModelState(model)
     try:
         if compensate_with is not None:
             from pfa_lightning.compensation import compensate
