@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from pfa_lightning.experiment import run, user_error_message
+    from pfa_lightning.experiments.runner import run, user_error_message
 
     try:
         results = run(cfg)

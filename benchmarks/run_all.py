@@ -42,7 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # -- data and training ----------------------------------------------------------------------------
 def load_data(name: str, seed: int, data_dir: str):
-    from pfa_lightning.data import CIFARDataModule, DigitsDataModule
+    from pfa_lightning.experiments.datamodules import CIFARDataModule, DigitsDataModule
 
     dm = DigitsDataModule(seed=seed, batch_size=64) if name == "digits" else CIFARDataModule(
         name, data_dir=data_dir, batch_size=128, seed=seed, num_workers=2)
@@ -96,9 +96,9 @@ class Arm:
     curves: list[list[float]] = field(default_factory=list)
 
 
-def compress_copy(model, stats, strategy, x, selection="abs_max", seed=0, compensate=False):
+def compress_copy(model, stats, strategy, x, selection="abs_max", compensate=False):
     cut = copy.deepcopy(model)
-    recipe = pfa.make_recipe(cut, stats, strategy, example_inputs=x, selection=selection, seed=seed)
+    recipe = pfa.make_recipe(cut, stats, strategy, example_inputs=x, selection=selection)
     pfa.apply_recipe(cut, recipe, example_inputs=x, compensate_with=stats if compensate else None)
     return cut, recipe
 
@@ -136,8 +136,8 @@ def quality(args, log) -> tuple[dict[str, Arm], dict]:
         for tau in args.thresholds:
             arms_to_run.append((f"PFA-Energy {tau:g}", compress_copy(base, stats, pfa.Energy(tau), x)[0]))
         kl_widths = pfa.Recipe.from_dict(kl_recipe.to_dict())
-        for sel in ("random", "weight_l1"):
-            arms_to_run.append((f"{sel} @ KL widths", compress_copy(base, stats, pfa.KL(), x, selection=sel, seed=seed)[0]))
+        for name, sel in (("random", pfa.Random(seed)), ("weight_l1", pfa.WeightL1())):
+            arms_to_run.append((f"{name} @ KL widths", compress_copy(base, stats, pfa.KL(), x, selection=sel)[0]))
         arms_to_run.append(("uniform @ KL params", compress_copy(base, stats, pfa.Uniform(params=pfa.count_params(kl_model)), x)[0]))
         arms_to_run.append(("PFA-KL + compensation", compress_copy(base, stats, pfa.KL(), x, compensate=True)[0]))
         for name, model in arms_to_run:
@@ -281,7 +281,7 @@ def plots(data: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pfa_lightning.plots import plot_accuracy_vs_footprint
+    from pfa_lightning.experiments.plots import plot_accuracy_vs_footprint
 
     arms, rows = data["arms"], data["iterative"]
     fig = plot_accuracy_vs_footprint([mean(a["params"]) for a in arms.values()], [mean(a["final"]) for a in arms.values()],

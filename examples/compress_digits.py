@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import pfa_lightning as pfa
-from pfa_lightning.data import digits_splits
+from pfa_lightning.experiments.datasets import digits_splits
 from pfa_lightning.models import MODEL_NAMES, build
 
 

@@ -1,5 +1,8 @@
 """Principal Filter Analysis for PyTorch: analyse layer responses, decide smaller widths, cut the model.
 
+The core (this namespace) knows nothing of Lightning or Hydra; :class:`PFACallback` and
+:func:`load_compressed` (``pfa_lightning.callback``) are imported on first use.
+
 Example:
     >>> import pfa_lightning as pfa
     >>> stats = pfa.collect_responses(model, dataloader, max_samples=2000)
@@ -7,12 +10,14 @@ Example:
     >>> pfa.apply_recipe(model, recipe, example_inputs=x)   # the model is now smaller
 """
 
+from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
-from pfa_lightning.recipe import LayerRecipe, Recipe, apply_recipe, make_recipe, spectra_of
-from pfa_lightning.selection import SELECTIONS, select_units
+from pfa_lightning.recipe import LayerRecipe, Recipe, make_recipe, spectra_of
+from pfa_lightning.selection import SELECTIONS, AbsMax, L1Max, Random, Selection, WeightL1, select_units
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import LayerStats, ResponseStats, collect_responses
 from pfa_lightning.strategies import KL, Energy, Footprint, Strategy, Uniform, resolve_strategy
+from pfa_lightning.surgery import apply_recipe
 
 __version__ = "0.1.0"
 
@@ -29,7 +34,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "KL", "SELECTIONS", "Energy", "Footprint", "LayerRecipe", "LayerStats", "PFACallback", "Recipe", "ResponseStats",
-    "Spectrum", "Strategy", "apply_recipe", "collect_responses", "count_flops", "count_params",
-    "Uniform", "load_compressed", "make_recipe", "resolve_strategy", "select_units", "spectra_of",
+    "KL", "SELECTIONS", "AbsMax", "Energy", "Footprint", "L1Max", "LayerRecipe", "LayerStats", "PFACallback", "PFAError",
+    "Random", "Recipe", "ResponseStats", "Selection", "Spectrum", "Strategy", "Uniform", "WeightL1", "apply_recipe",
+    "collect_responses", "count_flops", "count_params", "load_compressed", "make_recipe", "resolve_strategy",
+    "select_units", "spectra_of",
 ]

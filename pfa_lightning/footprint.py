@@ -9,7 +9,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pfa_lightning.graph import ModelGraph, clone_inputs, run_model
+from pfa_lightning.graph import ModelGraph
+from pfa_lightning.nested import clone_inputs, run_model
 
 METRICS = ("params", "flops")
 

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from pfa_lightning.errors import PFAError
+from pfa_lightning.nested import clone_inputs, map_nested, run_model
+
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -116,36 +119,9 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
-def clone_inputs(example_inputs: Any, n: int | None = None, device: torch.device | str | None = None) -> Any:
-    """Detached copies of (the first ``n`` samples of) example inputs, moved to ``device``."""
-    if isinstance(example_inputs, Tensor):
-        x = example_inputs[:n] if n is not None and example_inputs.dim() > 0 else example_inputs
-        return x.detach().to(device) if device is not None else x.detach()
-    if isinstance(example_inputs, (list, tuple)):
-        return type(example_inputs)(clone_inputs(v, n, device) for v in example_inputs)
-    if isinstance(example_inputs, dict):
-        return {k: clone_inputs(v, n, device) for k, v in example_inputs.items()}
-    return example_inputs
-
-
-def run_model(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` the way Torch-Pruning does: dicts as keywords, tuples/lists as positionals."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def _with_grad(inputs: Any) -> Any:
     # Tracing follows grad_fn; an input that requires grad gives every op one even in a frozen model.
-    if isinstance(inputs, Tensor) and inputs.is_floating_point():
-        return inputs.detach().clone().requires_grad_(True)
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_with_grad(v) for v in inputs)
-    if isinstance(inputs, dict):
-        return {k: _with_grad(v) for k, v in inputs.items()}
-    return inputs
+    return map_nested(inputs, lambda t: t.detach().clone().requires_grad_(True) if t.is_floating_point() else t)
 
 
 class ModelState:
@@ -195,7 +171,6 @@ class ModelGraph:
             state.restore_training_flags()
         self.spaces: list[ChannelSpace] = self._find_spaces()
         self._used = False
-        self._before: ModelState | None = None
 
     # -- discovery ---------------------------------------------------------------------------
     def _find_spaces(self) -> list[ChannelSpace]:
@@ -314,7 +289,7 @@ class ModelGraph:
         if self._used:
             raise RuntimeError("This ModelGraph already performed a surgery; build a new one.")
         self._used = True
-        self._before = state = ModelState(self.model)
+        state = ModelState(self.model)
         try:
             for root, idxs in removals.items():
                 idxs = sorted(int(i) for i in idxs)
@@ -328,12 +303,6 @@ class ModelGraph:
             state.restore()
             raise
         state.restore_training_flags()
-
-    def undo(self) -> None:
-        """Put the model back exactly as it was before :meth:`prune`."""
-        if self._before is not None:
-            self._before.restore()
-            self._before = None
 
 
 def module_width(module: nn.Module) -> int:
@@ -353,7 +322,7 @@ def match_layers(candidates: Sequence[str], patterns: Iterable[str] | None, what
     for pattern in patterns:
         hits = [c for c in candidates if c == pattern or fnmatch.fnmatchcase(c, pattern)]
         if not hits:
-            raise ValueError(
+            raise PFAError(
                 f"`{what}` entry {pattern!r} matches no prunable layer; prunable layers are: {', '.join(candidates)}."
             )
         chosen.update(hits)
@@ -362,10 +331,10 @@ def match_layers(candidates: Sequence[str], patterns: Iterable[str] | None, what
 
 def analysable_layers(model: nn.Module, graph: ModelGraph, layers: Iterable[str] | None,
                       exclude: Iterable[str] | None, verb: str = "analyse") -> tuple[list[str], set[str]]:
-    """(prunable layers, the ones ``layers``/``exclude`` choose), or a clear ValueError if there are none."""
+    """(prunable layers, the ones ``layers``/``exclude`` choose), or a clear PFAError if there are none."""
     candidates = graph.prunable_layers()
     if not candidates:
-        raise ValueError(
+        raise PFAError(
             f"{type(model).__name__} has no prunable layer: PFA compresses Conv/Linear layers whose "
             "outputs feed other layers (the final classifier is never compressed)."
         )
@@ -373,5 +342,5 @@ def analysable_layers(model: nn.Module, graph: ModelGraph, layers: Iterable[str]
     if exclude is not None:
         chosen -= match_layers(candidates, exclude, "exclude")
     if not chosen:
-        raise ValueError(f"`layers`/`exclude` leave no layer to {verb}.")
+        raise PFAError(f"`layers`/`exclude` leave no layer to {verb}.")
     return candidates, chosen

@@ -1,4 +1,4 @@
-"""Recipes: which units each layer keeps, how they were chosen, and the surgery that applies them."""
+"""Recipes: which units each layer keeps and how they were chosen (applied by :mod:`pfa_lightning.surgery`)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-import torch
 from torch import nn
 
+from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.graph import ModelGraph, ModelState, clone_inputs, evaluating, module_width, run_model
-from pfa_lightning.selection import check_selection, select_units
+from pfa_lightning.graph import ModelGraph, module_width
+from pfa_lightning.nested import map_nested
+from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
 from pfa_lightning.strategies import Strategy, resolve_strategy
+from pfa_lightning.validation import check_choice, check_int, fail
 
 COUPLED_MODES = ("joint", "skip")
 RECIPE_VERSION = 1
@@ -102,10 +104,10 @@ class Recipe:
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
         """Read a recipe written by :meth:`to_dict` (e.g. after ``json.loads``)."""
         if not isinstance(data, Mapping) or "layers" not in data:
-            raise ValueError("Not a PFA recipe: expected a mapping with a 'layers' list (from Recipe.to_dict()).")
+            raise PFAError("Not a PFA recipe: expected a mapping with a 'layers' list (from Recipe.to_dict()).")
         version = data.get("version", RECIPE_VERSION)
         if version != RECIPE_VERSION:
-            raise ValueError(f"Unsupported recipe version {version!r}; this pfa_lightning reads version {RECIPE_VERSION}.")
+            raise PFAError(f"Unsupported recipe version {version!r}; this pfa_lightning reads version {RECIPE_VERSION}.")
         layers = []
         for entry in data["layers"]:
             try:
@@ -115,7 +117,7 @@ class Recipe:
                     response=str(entry.get("response", "")), diagnostics=dict(entry.get("diagnostics", {})),
                 ))
             except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"Malformed recipe layer entry {entry!r}: {type(err).__name__}: {err}") from None
+                raise PFAError(f"Malformed recipe layer entry {entry!r}: {type(err).__name__}: {err}") from None
         return cls(layers, dict(data.get("strategy", {})), str(data.get("selection", "abs_max")),
                    dict(data.get("summary", {})))
 
@@ -156,25 +158,17 @@ class Recipe:
 
 def _plain(obj: Any) -> Any:
     """Numpy/torch scalars and containers -> plain Python types (``torch.load(weights_only=True)`` safe)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, torch.Tensor):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    return obj
+    def leaf(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            return _plain(x.tolist())
+        return x.item() if isinstance(x, np.generic) else x
+
+    return map_nested(obj, lambda t: _plain(t.tolist()), other=leaf, sequence=lambda _, items: items,
+                      mapping=lambda _, items: {str(k): v for k, v in items.items()})
 
 
 def check_min_units(min_units: Any) -> int:
-    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
-        raise ValueError(f"`min_units` must be an integer >= 1, got {min_units!r}.")
-    return min_units
+    return check_int("min_units", min_units, 1)
 
 
 def make_recipe(
@@ -183,10 +177,9 @@ def make_recipe(
     strategy: Strategy | str,
     *,
     example_inputs: Any,
-    selection: str = "abs_max",
+    selection: SelectionLike = "abs_max",
     min_units: int = 1,
     coupled: str = "joint",
-    seed: int = 0,
 ) -> Recipe:
     """Decide, from collected responses, how many and which units each layer keeps.
 
@@ -195,24 +188,23 @@ def make_recipe(
         stats: from :func:`collect_responses`.
         strategy: :class:`KL`, :class:`Energy`, :class:`Footprint` (or ``"kl"``).
         example_inputs: a batch of model inputs, to trace the model (and count FLOPs).
-        selection: ``"abs_max"`` (the paper's) or ``"l1_max"``; the baselines ``"weight_l1"``
-            (largest filter L1 norms, Li et al. 2017) and ``"random"`` keep the same number of units.
-        seed: seeds the ``"random"`` selection.
+        selection: which units to keep: :class:`AbsMax` (the paper's, ``"abs_max"``), :class:`L1Max`;
+            the baselines :class:`WeightL1` (largest filter L1 norms, Li et al. 2017) and
+            :class:`Random` keep the same number of units; or any selection callable.
         min_units: floor on the units any layer keeps.
         coupled: ``"joint"``: layers whose outputs are added together (residual stages) get one
             decision from their pooled statistics; ``"skip"``: such groups are left whole.
 
     Raises:
-        ValueError: unknown strategy/selection/coupled, bad ``min_units``, statistics that do not
+        PFAError: unknown strategy/selection/coupled, bad ``min_units``, statistics that do not
             match the model, no analysable layer, or an unreachable footprint target.
     """
     strategy = resolve_strategy(strategy)
-    check_selection(selection)
+    chooser = resolve_selection(selection)
     min_units = check_min_units(min_units)
-    if coupled not in COUPLED_MODES:
-        raise ValueError(f"`coupled` must be one of {COUPLED_MODES}, got {coupled!r}.")
+    check_choice("coupled", coupled, COUPLED_MODES)
     if not isinstance(stats, ResponseStats):
-        raise ValueError(f"`stats` must be the ResponseStats returned by collect_responses, got {type(stats).__name__}.")
+        raise fail("stats", "the ResponseStats returned by collect_responses", type(stats).__name__)
     stats.check_finite()
 
     graph = ModelGraph(model, example_inputs)
@@ -233,7 +225,7 @@ def make_recipe(
         for p in space.producers:
             width = module_width(model.get_submodule(p))
             if stats[p].units != width:
-                raise ValueError(
+                raise PFAError(
                     f"Statistics for layer {p!r} have {stats[p].units} units but the model's layer has "
                     f"{width}: the statistics were collected on a different model."
                 )
@@ -246,7 +238,7 @@ def make_recipe(
         spectra.append(spectrum)
         spaces.append(space)
     if not spectra:
-        raise ValueError(
+        raise PFAError(
             f"No analysable layer in {type(model).__name__}: the statistics cover none of its prunable "
             f"layers ({', '.join(graph.prunable_layers()) or 'none'})."
         )
@@ -262,8 +254,8 @@ def make_recipe(
     removed: dict[str, set[int]] = {}
     info: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for space, sp, k, diag in zip(spaces, spectra, decision.counts, decision.diagnostics):
-        norms = _filter_l1(model, space) if selection == "weight_l1" else None
-        kept = set(select_units(sp, k, selection, weight_norms=norms, seed=seed).tolist())
+        weights = [model.get_submodule(p).weight.detach()[space.index_map[p]] for p in space.producers]
+        kept = set(select_units(sp, k, chooser, weights).tolist())
         gone = [u for u in range(space.width) if u not in kept]
         for p in space.producers:
             removed.setdefault(p, set()).update(space.index_map[p][u] for u in gone)
@@ -280,125 +272,7 @@ def make_recipe(
             name=p, original=width, kept_indices=[i for i in range(width) if i not in removed[p]],
             group="+".join(groups), response=stats[p].response, diagnostics=diagnostics,
         ))
-    return Recipe(layers, strategy.to_dict(), selection, _plain(decision.summary))
-
-
-def _filter_l1(model: nn.Module, space: Any) -> np.ndarray:
-    """L1 norm of each unit's filter weights, summed over the layers that share the channel space."""
-    norms = np.zeros(space.width)
-    for p in space.producers:
-        weight = model.get_submodule(p).weight.detach()
-        per_channel = weight.abs().flatten(1).sum(1).double().cpu().numpy()
-        norms += per_channel[space.index_map[p]]
-    return norms
-
-
-def _check_fits(model: nn.Module, recipe: Recipe, graph: ModelGraph) -> dict[str, list[int]]:
-    """Removals per channel space (root numbering), or ValueError if the recipe does not fit this model."""
-    if not isinstance(recipe, Recipe):
-        raise ValueError(f"`recipe` must be a Recipe (see Recipe.from_dict), got {type(recipe).__name__}.")
-    by_name = {layer.name: layer for layer in recipe.layers}
-    prunable = set(graph.prunable_layers())
-    for layer in recipe.layers:
-        try:
-            module = model.get_submodule(layer.name)
-        except AttributeError:
-            raise ValueError(f"Recipe does not fit the model: it has no layer {layer.name!r}.") from None
-        if layer.name not in prunable:
-            raise ValueError(f"Recipe does not fit the model: {layer.name!r} is not a prunable layer of it.")
-        width = module_width(module)
-        if width != layer.original:
-            raise ValueError(
-                f"Recipe does not fit the model: layer {layer.name!r} has {width} units, the recipe expects "
-                f"{layer.original} (was it made for another model, or already applied?)."
-            )
-        idx = layer.kept_indices
-        if not idx or sorted(set(idx)) != list(idx) or idx[0] < 0 or idx[-1] >= width:
-            raise ValueError(
-                f"Recipe layer {layer.name!r}: kept_indices must be a non-empty ascending list of distinct "
-                f"integers in [0, {width}), got {idx[:10]}{'...' if len(idx) > 10 else ''}."
-            )
-    removals: dict[str, list[int]] = {}
-    implied: dict[str, set[int]] = {}
-    for space in graph.spaces:
-        if space.root not in by_name:
-            continue
-        gone = by_name[space.root].removed_indices
-        removals[space.root] = gone
-        for p in space.producers:
-            implied.setdefault(p, set()).update(space.index_map[p][u] for u in gone)
-    for name in set(by_name) | set(implied):
-        if set(by_name[name].removed_indices if name in by_name else ()) != implied.get(name, set()):
-            partners = sorted({s.root for s in graph.spaces_of(name)} | {
-                p for s in graph.spaces_of(name) for p in s.producers} - {name})
-            raise ValueError(
-                f"Recipe does not fit the model: {name!r} shares its channels with {', '.join(partners)} "
-                "(their outputs are added together), so they must all be listed with matching kept_indices."
-            )
-    return removals
-
-
-def _output_shapes(output: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return tuple(output.shape)
-    if isinstance(output, (list, tuple)):
-        return [_output_shapes(o) for o in output]
-    if isinstance(output, Mapping):
-        return {k: _output_shapes(v) for k, v in output.items()}
-    return None
-
-
-def _eval_forward(model: nn.Module, inputs: Any) -> Any:
-    with evaluating(model), torch.no_grad():
-        return _output_shapes(run_model(model, inputs))
-
-
-def _verify(model: nn.Module, recipe: Recipe, inputs: Any, before: Any) -> str:
-    """What is wrong with the cut model (an empty string if nothing)."""
-    for layer in recipe.layers:
-        width = module_width(model.get_submodule(layer.name))
-        if width != layer.kept:
-            return f"surgery left {layer.name!r} with {width} units instead of {layer.kept}"
-    try:
-        after = _eval_forward(model, inputs)
-    except Exception as err:  # the cut model does not run: report it, the caller restores
-        return f"the cut model fails to run: {type(err).__name__}: {err}"
-    return "" if after == before else f"the output shape changed from {before} to {after}"
-
-
-def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any,
-                 compensate_with: ResponseStats | None = None) -> nn.Module:
-    """Remove the units the recipe drops, in place, and return ``model``.
-
-    Conv/Linear output units, their BatchNorm (running statistics included), the input channels of
-    every consumer (flatten -> Linear features too) and residual-coupled layers are shrunk together
-    via Torch-Pruning's dependency graph. Kept units keep their weights, unless
-    ``compensate_with`` (statistics collected with ``per_position=True``) is given: then the
-    consumers of each layer reached through a linear path absorb the least-squares prediction of
-    the removed units from the kept ones (see :mod:`pfa_lightning.compensation`).
-
-    All or nothing: if the recipe does not fit, or the result fails to run with the same output
-    shape, the model is restored exactly and the error raised.
-    """
-    inputs = clone_inputs(example_inputs, 2)
-    graph = ModelGraph(model, inputs)
-    removals = _check_fits(model, recipe, graph)
-    before = _eval_forward(model, inputs)
-    state = ModelState(model)
-    try:
-        if compensate_with is not None:
-            from pfa_lightning.compensation import compensate
-
-            compensate(model, recipe, graph, compensate_with)
-        graph.prune(removals)
-    except BaseException:
-        state.restore()
-        raise
-    problem = _verify(model, recipe, inputs, before)
-    if problem:
-        state.restore()
-        raise RuntimeError(f"PFA surgery failed and the model was left untouched: {problem}")
-    return model
+    return Recipe(layers, strategy.to_dict(), selection_name(chooser), _plain(decision.summary))
 
 
 def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
@@ -409,4 +283,4 @@ def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "apply_recipe", "make_recipe", "spectra_of"]
+__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "make_recipe", "spectra_of"]

@@ -17,8 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pfa_lightning.graph import (ModelGraph, ResponsePoint, analysable_layers, clone_inputs, evaluating, module_width,
-                                 run_model)
+from pfa_lightning.errors import PFAError
+from pfa_lightning.graph import ModelGraph, ResponsePoint, analysable_layers, evaluating, module_width
+from pfa_lightning.progress import progress_bar
+from pfa_lightning.nested import batch_size, clone_inputs, first_input, run_model
+from pfa_lightning.validation import check_choice, check_int
 
 POOLINGS = ("max", "avg")
 
@@ -88,7 +91,7 @@ def pooled_covariance(members: Iterable[LayerStats]) -> np.ndarray:
     for m in members:
         n = float(m.count)
         if n < 2:
-            raise ValueError(f"Layer {m.name!r} has {n:g} response samples; at least 2 are needed.")
+            raise PFAError(f"Layer {m.name!r} has {n:g} response samples; at least 2 are needed.")
         s = m.sum.double().cpu()
         part = m.outer.double().cpu() - torch.outer(s, s) / n
         scatter = part if scatter is None else scatter + part
@@ -129,42 +132,14 @@ class ResponseStats(Mapping[str, LayerStats]):
     def check_finite(self) -> None:
         for name, s in self.layers.items():
             if not (torch.isfinite(s.sum).all() and torch.isfinite(s.outer).all()):
-                raise ValueError(
+                raise PFAError(
                     f"Layer {name!r} produced NaN or Inf responses ({s.response}); "
                     "check the model's weights and inputs before compressing."
                 )
 
 
 def check_max_samples(value: Any) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
-        raise ValueError(f"`max_samples` must be an integer >= 2 or None, got {value!r} (None analyses all the data).")
-    return value
-
-
-def first_input(batch: Any) -> Any:
-    """The model input of a batch: the batch itself if a tensor, else its first element / ``batch["x"]``."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch:
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("x", "input", "inputs", "image", "images"):
-            if key in batch:
-                return batch[key]
-    raise TypeError(
-        f"Cannot find the model input in a batch of type {type(batch).__name__}; "
-        "batches must be a tensor, a (input, target, ...) sequence, or a dict with key 'x'/'input'/'image'."
-    )
-
-
-def _batch_size(x: Any) -> int:
-    if isinstance(x, Tensor):
-        return int(x.shape[0])
-    if isinstance(x, (list, tuple)):
-        return _batch_size(x[0])
-    if isinstance(x, dict):
-        return _batch_size(next(iter(x.values())))
-    raise TypeError(f"Cannot tell the batch size of an input of type {type(x).__name__}.")
+    return check_int("max_samples", value, 2, optional=True, hint=" (None analyses all the data)")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -256,18 +231,17 @@ def collect_responses(
         :class:`ResponseStats`, a mapping from layer name to :class:`LayerStats`.
 
     Raises:
-        ValueError: for a bad ``pooling``/``max_samples``, an unknown layer pattern, a model
+        PFAError: for a bad ``pooling``/``max_samples``, an unknown layer pattern, a model
             with no prunable layer, an empty loader, or NaN/Inf responses (naming the layer).
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
+    check_choice("pooling", pooling, POOLINGS)
     check_max_samples(max_samples)
     device = torch.device(device) if device is not None else model_device(model)
     iterator = iter(dataloader)
     try:
         first = next(iterator)
     except StopIteration:
-        raise ValueError("The analysis dataloader is empty; PFA needs response samples.") from None
+        raise PFAError("The analysis dataloader is empty; PFA needs response samples.") from None
     x0 = clone_inputs(first_input(first), device=device)
 
     graph = ModelGraph(model, x0)
@@ -300,15 +274,13 @@ def collect_responses(
 
 def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device, max_samples: int | None,
          progress: bool, description: str, dataloader: Iterable[Any]) -> None:
-    from pfa_lightning._progress import progress_bar
-
     try:
         total_batches = len(dataloader)  # type: ignore[arg-type]
     except TypeError:
         total_batches = None
-    batch_size = _batch_size(first_input(first))
-    if max_samples is not None and batch_size:
-        needed = math.ceil(max_samples / batch_size)
+    per_batch = batch_size(first_input(first))
+    if max_samples is not None and per_batch:
+        needed = math.ceil(max_samples / per_batch)
         total_batches = needed if total_batches is None else min(total_batches, needed)
 
     seen = 0
@@ -316,7 +288,7 @@ def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device
         batch = first
         while batch is not None:
             x = first_input(batch)
-            n = _batch_size(x)
+            n = batch_size(x)
             if max_samples is not None and seen + n > max_samples:
                 n = max_samples - seen
                 x = clone_inputs(x, n)
@@ -327,7 +299,7 @@ def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device
                 break
             batch = next(rest, None)
     if seen < 2:
-        raise ValueError(f"The analysis data gave {seen} sample(s); PFA needs at least 2.")
+        raise PFAError(f"The analysis data gave {seen} sample(s); PFA needs at least 2.")
 
 
 def warn_small(stats: LayerStats) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -9,18 +10,14 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import METRICS
 from pfa_lightning.spectrum import Spectrum
+from pfa_lightning.validation import check_choice, check_fraction, fail, is_int
 
 _EPS = np.finfo(float).eps
 _CEIL_GUARD = 1e-9  # ceil(x - guard): a product like 16 * 0.75 must not become 13
 _ENERGY_GUARD = 1e-12
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"`{name}` must be a number in (0, 1], got {value!r}.")
-    return float(value)
 
 
 @dataclass
@@ -108,7 +105,7 @@ class Energy(Strategy):
     name: ClassVar[str] = "energy"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "threshold", _check_fraction("threshold", self.threshold))
+        object.__setattr__(self, "threshold", check_fraction("threshold", self.threshold))
 
     def decide(self, spectra, clamp, probe) -> Decision:
         counts, diags = [], []
@@ -144,9 +141,8 @@ class Footprint(Strategy):
         return self.metric
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ratio", _check_fraction("ratio", self.ratio))
-        if self.metric not in METRICS:
-            raise ValueError(f"Unknown footprint metric {self.metric!r}; allowed: {', '.join(METRICS)}.")
+        object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
+        check_choice("metric", self.metric, METRICS)
 
     def decide(self, spectra, clamp, probe) -> Decision:
         assert probe is not None, "Footprint needs a footprint probe"
@@ -163,7 +159,7 @@ class Footprint(Strategy):
         taus = np.unique(np.concatenate(fractions + [np.array([1.0])]))
         smallest = counts_at(float(taus[0]))
         if size(smallest) > target:
-            raise ValueError(
+            raise PFAError(
                 f"Footprint ratio {self.ratio:g} ({self.metric}) is out of reach: the smallest network this "
                 f"strategy can produce (every layer at its floor) has ratio {size(smallest) / full:.4f}. "
                 "Use a larger ratio or a smaller `min_units`."
@@ -207,11 +203,11 @@ class Uniform(Strategy):
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.params is None):
-            raise ValueError("Uniform takes exactly one of `ratio` (a fraction in (0, 1]) or `params` (a target count).")
+            raise PFAError("Uniform takes exactly one of `ratio` (a fraction in (0, 1]) or `params` (a target count).")
         if self.ratio is not None:
-            object.__setattr__(self, "ratio", _check_fraction("ratio", self.ratio))
-        elif isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 1:
-            raise ValueError(f"`params` must be a positive integer, got {self.params!r}.")
+            object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
+        elif not is_int(self.params) or self.params < 1:
+            raise fail("params", "a positive integer", self.params)
 
     @property
     def probe_metric(self) -> str | None:
@@ -231,7 +227,7 @@ class Uniform(Strategy):
 
             candidates = np.unique([k / sp.units for sp in spectra for k in range(1, sp.units + 1)])
             if size(float(candidates[0])) > self.params:
-                raise ValueError(f"Uniform(params={self.params}) is out of reach: the smallest uniform network has "
+                raise PFAError(f"Uniform(params={self.params}) is out of reach: the smallest uniform network has "
                                  f"{size(float(candidates[0]))} parameters.")
             lo, hi = 0, len(candidates) - 1
             if size(float(candidates[hi])) <= self.params:
@@ -255,24 +251,20 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     """A :class:`Strategy` from an instance or a name (``kl``, ``energy``, ``footprint``, ``uniform``) plus options.
 
     Raises:
-        ValueError: unknown name, or options that the strategy does not take / a value out of range.
+        PFAError: unknown name, or options that the strategy does not take / a value out of range.
     """
+    options = {k: v for k, v in options.items() if v is not None}
     if isinstance(strategy, Strategy):
         if options:
-            raise ValueError(f"Options {sorted(options)} only apply to a strategy given by name.")
+            raise PFAError(f"Options {sorted(options)} only apply to a strategy given by name, not to {strategy!r}.")
         return strategy
     if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
-        raise ValueError(f"Unknown PFA strategy {strategy!r}; allowed: {', '.join(STRATEGIES)} (or a Strategy instance).")
+        raise fail("strategy", f"one of {tuple(STRATEGIES)} or a Strategy instance", strategy)
     cls = STRATEGIES[strategy.lower()]
-    allowed = {"kl": set(), "energy": {"threshold"}, "footprint": {"ratio", "metric"}, "uniform": {"ratio", "params"}}[cls.name]
-    extra = {k for k, v in options.items() if v is not None} - allowed
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    extra = set(options) - allowed
     if extra:
-        raise ValueError(
+        raise PFAError(
             f"Strategy {cls.name!r} takes {sorted(allowed) or 'no options'}, got unexpected {sorted(extra)}."
         )
-    return cls(**{k: v for k, v in options.items() if v is not None})
-
-
-def strategy_from_dict(data: Mapping[str, Any]) -> Strategy:
-    data = dict(data)
-    return resolve_strategy(data.pop("name"), **data)
+    return cls(**options)

@@ -11,6 +11,8 @@ from typing import Callable
 
 from torch import nn
 
+from pfa_lightning.validation import check_choice, check_int, fail
+
 from pfa_lightning.models.resnet import CifarResNet
 from pfa_lightning.models.simplecnn import SimpleCNN
 from pfa_lightning.models.vgg import VGG, VGG_CONFIGS
@@ -37,16 +39,14 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, width: float =
         **kwargs: model-specific options (``input_size`` for VGG and SimpleCNN).
 
     Raises:
-        ValueError: for an unknown name or a non-positive ``width``/``num_classes``/``in_channels``.
+        PFAError: for an unknown name or a non-positive ``width``/``num_classes``/``in_channels``.
     """
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}.")
-    if not width > 0:
-        raise ValueError(f"`width` must be > 0, got {width!r}.")
-    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{arg}` must be a positive integer, got {value!r}.")
+    key = name.lower() if isinstance(name, str) else name
+    check_choice("name", key, MODEL_NAMES)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise fail("width", "a number > 0", width)
+    check_int("num_classes", num_classes, 1)
+    check_int("in_channels", in_channels, 1)
     return _REGISTRY[key](num_classes=num_classes, in_channels=in_channels, width=width, **kwargs)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pfa_lightning.validation import fail
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -37,7 +39,7 @@ class CifarResNet(nn.Module):
         from pfa_lightning.models import scaled
 
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}.")
+            raise fail("depth", "6n+2 for a CIFAR ResNet (20, 32, 44, 56, 110)", depth)
         n = (depth - 2) // 6
         planes = [scaled(c, width) for c in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, padding=1, bias=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from pfa_lightning.validation import fail
+
 
 class SimpleCNN(nn.Module):
     """conv32-conv32-pool-conv64-conv64-pool -> FC(256) -> FC(classes); flatten keeps the spatial map."""
@@ -13,7 +15,7 @@ class SimpleCNN(nn.Module):
         from pfa_lightning.models import scaled
 
         if input_size % 4:
-            raise ValueError(f"SimpleCNN needs `input_size` divisible by 4, got {input_size}.")
+            raise fail("input_size", "a multiple of 4 for SimpleCNN", input_size)
         c1, c2, hidden = scaled(32, width), scaled(64, width), scaled(256, width)
 
         def block(cin: int, cout: int) -> list[nn.Module]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from pfa_lightning.validation import fail
+
 VGG_CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -25,7 +27,7 @@ class VGG(nn.Module):
         from pfa_lightning.models import scaled
 
         if input_size % 32:
-            raise ValueError(f"VGG needs `input_size` divisible by 32, got {input_size}.")
+            raise fail("input_size", "a multiple of 32 for VGG", input_size)
         layers: list[nn.Module] = []
         channels = in_channels
         for item in VGG_CONFIGS[name]:

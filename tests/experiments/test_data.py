@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pfa_lightning.data import CIFARDataModule, DataError, DigitsDataModule, ImageFolderDataModule, SyntheticDataModule
-from tests.fake_cifar import write_fake_cifar
+from pfa_lightning.experiments.datamodules import CIFARDataModule, DataError, DigitsDataModule, ImageFolderDataModule, SyntheticDataModule
+from tests.helpers.fake_cifar import write_fake_cifar
 
 
 @pytest.fixture(params=["cifar10", "cifar100"])
@@ -73,7 +73,7 @@ def test_bad_data_options(tmp_path):
         SyntheticDataModule(specialize_classes=[1])
     with pytest.raises(DataError, match=r"needs .*train/<class>/\*.png"):
         ImageFolderDataModule(root=str(tmp_path)).setup()
-    with pytest.raises(ValueError, match=r"Unknown CIFAR variant 'cifar5'"):
+    with pytest.raises(ValueError, match=r"`name` must be one of \('cifar10', 'cifar100'\), got 'cifar5'"):
         CIFARDataModule("cifar5")
 
 

@@ -1,8 +1,8 @@
 """Optimizer state across a surgery: which entries of every parameter survive, and moving state over.
 
 Surgery replaces the Parameter objects of every layer it shrinks, so an optimizer built before it
-holds stale tensors. These helpers know nothing of Lightning: the callback rebuilds the optimizers
-and then uses them to carry over the hyperparameters (the schedule's progress) and, if asked, the
+holds stale tensors. The callback rebuilds the optimizers, then :func:`carry_over` gives them the
+hyperparameters (the schedule's progress), the LR schedulers' state and, if asked, the
 per-parameter state (SGD momentum, Adam moments) sliced to the kept units.
 """
 
@@ -12,9 +12,13 @@ import copy
 from typing import Any, Mapping, Optional
 
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from pfa_lightning.recipe import Recipe, apply_recipe
+from pfa_lightning.errors import PFAError
+from pfa_lightning.nested import map_nested
+from pfa_lightning.recipe import Recipe
+from pfa_lightning.surgery import apply_recipe
 
 KeptIndices = tuple[Optional[Tensor], Optional[Tensor]]  # surviving indices along dims 0 and 1 (None: all)
 _MAX_EXACT = 2**24  # float32 represents every integer below this exactly
@@ -30,16 +34,6 @@ def _read_code(code: Tensor, dim: int) -> Tensor:
     return code.detach().movedim(dim, 0).reshape(code.shape[dim], -1)[:, 0].round().long().cpu()
 
 
-def _as_float32(inputs: Any) -> Any:
-    if isinstance(inputs, Tensor):
-        return inputs.float() if inputs.is_floating_point() else inputs
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_as_float32(v) for v in inputs)
-    if isinstance(inputs, dict):
-        return {k: _as_float32(v) for k, v in inputs.items()}
-    return inputs
-
-
 def kept_parameter_indices(model: nn.Module, recipe: Recipe, example_inputs: Any) -> dict[str, KeptIndices]:
     """For every parameter that ``recipe`` shrinks, the indices it keeps along dims 0 and 1.
 
@@ -51,7 +45,7 @@ def kept_parameter_indices(model: nn.Module, recipe: Recipe, example_inputs: Any
     shapes = {name: p.shape for name, p in model.named_parameters()}
     too_big = [n for n, s in shapes.items() if any(d >= _MAX_EXACT for d in s[:2])]
     if too_big:
-        raise ValueError(f"Cannot track optimizer state for {too_big[0]!r}: a dimension is >= 2**24.")
+        raise PFAError(f"Cannot track optimizer state for {too_big[0]!r}: a dimension is >= 2**24.")
     kept: dict[str, list[Optional[Tensor]]] = {name: [None, None] for name in shapes}
     for dim in (0, 1):
         probe = copy.deepcopy(model).float()
@@ -59,7 +53,7 @@ def kept_parameter_indices(model: nn.Module, recipe: Recipe, example_inputs: Any
             for name, p in probe.named_parameters():
                 if p.dim() > dim:
                     p.copy_(_index_code(p.shape, dim))
-        apply_recipe(probe, recipe, example_inputs=_as_float32(example_inputs))
+        apply_recipe(probe, recipe, example_inputs=map_nested(example_inputs, lambda t: t.float() if t.is_floating_point() else t))
         for name, p in probe.named_parameters():
             if name in shapes and p.dim() > dim and p.shape[dim] != shapes[name][dim]:
                 kept[name][dim] = _read_code(p, dim)
@@ -117,3 +111,28 @@ def copy_hyperparameters(old: torch.optim.Optimizer, new: torch.optim.Optimizer)
     for before, after in zip(old.param_groups, new.param_groups):
         after.update({k: v for k, v in before.items() if k != "params"})
     return True
+
+
+def carry_over(trainer: Any, old_optimizers: list, old_schedulers: list[dict], old_params: Mapping[str, nn.Parameter],
+               new_params: Mapping[str, nn.Parameter], kept: Mapping[str, KeptIndices], *, transplant: bool,
+               keep_progress: bool) -> None:
+    """Give the trainer's rebuilt optimizers and schedulers the old ones' progress and, if ``transplant``,
+    their per-parameter state sliced to the kept units; warn where the two do not correspond."""
+    new_optimizers = trainer.optimizers
+    if len(new_optimizers) != len(old_optimizers):
+        rank_zero_warn("configure_optimizers returned a different number of optimizers after PFA; "
+                       "their state and learning rates start afresh.")
+        return
+    for old, new in zip(old_optimizers, new_optimizers):
+        if transplant:
+            transplant_state(old, new, old_params, new_params, kept)
+        if keep_progress and not copy_hyperparameters(old, new):
+            rank_zero_warn("An optimizer's parameter groups changed in number after PFA; its learning rate "
+                           "is the one configure_optimizers sets.")
+    configs = trainer.lr_scheduler_configs
+    if keep_progress and len(configs) == len(old_schedulers):
+        for config, state in zip(configs, old_schedulers):
+            config.scheduler.load_state_dict(state)
+    elif keep_progress:
+        rank_zero_warn("configure_optimizers returned a different number of LR schedulers after PFA; "
+                       "they restart from zero.")

@@ -20,61 +20,20 @@ from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-DIGITS_MEAN, DIGITS_STD = 0.3051, 0.3825  # of the 8x8 digits scaled to [0, 1]
+from pfa_lightning.errors import PFAError
+from pfa_lightning.experiments.datasets import class_subset, digits_splits
+from pfa_lightning.validation import check_choice, fail
+
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
 
-class DataError(ValueError):
+class DataError(PFAError):
     """A data set that cannot be found or read; the message says where the files go."""
-
-
-def digits_splits(size: int = 32, channels: int = 1, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                  seed: int = 0) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-    """Train / validation / test splits of the 1,797 8x8 digits, upsampled to ``size`` x ``size``.
-
-    Images are scaled to [0, 1], bilinearly upsampled, standardised, and repeated to ``channels``
-    channels (3 for models built with ``in_channels=3``). The split is seeded: the same everywhere.
-    """
-    from sklearn.datasets import load_digits
-
-    if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(f"`val_fraction` and `test_fraction` must be in (0, 1) with a sum < 1, "
-                         f"got {val_fraction} and {test_fraction}.")
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = ((x - DIGITS_MEAN) / DIGITS_STD).repeat(1, channels, 1, 1)
-    y = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test, n_val = int(len(y) * test_fraction), int(len(y) * val_fraction)
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(x[test], y[test])
-
-
-def targets_of(dataset: Dataset) -> list[int]:
-    """Class labels of a data set without loading its images."""
-    if isinstance(dataset, Subset):
-        parent = targets_of(dataset.dataset)
-        return [parent[i] for i in dataset.indices]
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].tolist()
-    if hasattr(dataset, "targets"):
-        return [int(t) for t in dataset.targets]
-    raise TypeError(f"Cannot read the labels of a {type(dataset).__name__}.")
-
-
-def class_subset(dataset: Dataset, classes: Sequence[int] | None) -> Dataset:
-    """The samples of ``dataset`` whose label is in ``classes`` (labels keep their numbering)."""
-    if classes is None:
-        return dataset
-    wanted = set(int(c) for c in classes)
-    return Subset(dataset, [i for i, t in enumerate(targets_of(dataset)) if t in wanted])
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -93,9 +52,9 @@ class ImageDataModule(pl.LightningDataModule):
                  specialize_from_epoch: int | None = None, eval_batch_size: int | None = None) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+            raise fail("batch_size", "a positive integer", batch_size)
         if (specialize_classes is None) != (specialize_from_epoch is None):
-            raise ValueError("`specialize_classes` and `specialize_from_epoch` go together: set both or neither.")
+            raise PFAError("`specialize_classes` and `specialize_from_epoch` go together: set both or neither.")
         self.batch_size, self.num_workers, self.val_fraction, self.seed = batch_size, num_workers, val_fraction, seed
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)
         self.classes = list(classes) if classes is not None else None
@@ -111,7 +70,7 @@ class ImageDataModule(pl.LightningDataModule):
             return
         bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < self.num_classes]
         if bad or not classes:
-            raise ValueError(f"`{what}` must be a non-empty list of class indices in [0, {self.num_classes}), got {list(classes)}.")
+            raise fail(what, f"a non-empty list of class indices in [0, {self.num_classes})", list(classes))
 
     def load_plain_train(self) -> Dataset | None:
         """The training images without augmentation (for validation and PFA's analysis), if they differ."""
@@ -190,8 +149,7 @@ class CIFARDataModule(ImageDataModule):
     def __init__(self, name: str = "cifar10", data_dir: str = "data", download: bool = True,
                  augment: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if name not in CIFAR_STATS:
-            raise ValueError(f"Unknown CIFAR variant {name!r}; allowed: {', '.join(CIFAR_STATS)}.")
+        check_choice("name", name, CIFAR_STATS)
         self.name, self.data_dir, self.download, self.augment = name, os.path.expanduser(str(data_dir)), download, augment
         self.num_classes, self.in_channels = (10 if name == "cifar10" else 100), 3
 
@@ -260,7 +218,7 @@ class ImageFolderDataModule(ImageDataModule):
                                 f"{self.root}/train/<class>/*.png and {self.root}/test/<class>/*.png "
                                 "(set dataset.root).")
         if self.in_channels not in (1, 3):
-            raise ValueError(f"An imagefolder data set has 1 (grey) or 3 (RGB) `in_channels`, got {self.in_channels}.")
+            raise fail("in_channels", "1 (grey) or 3 (RGB) for an imagefolder data set", self.in_channels)
         grey = [T.Grayscale(1)] if self.in_channels == 1 else []
         tf = T.Compose(grey + [T.Resize((self.size, self.size)), T.ToTensor(), T.Normalize([0.5] * self.in_channels, [0.5] * self.in_channels)])
         val = datasets.ImageFolder(str(self.root / "val"), tf) if (self.root / "val").is_dir() else None

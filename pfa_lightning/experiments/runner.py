@@ -8,6 +8,7 @@ Writes into the Hydra run directory: ``results.json`` (footprints, accuracies, r
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -21,14 +22,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from pfa_lightning.callback import PFACallback
+from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
+from pfa_lightning.nested import first_input
 from pfa_lightning.recipe import Recipe, spectra_of
-from pfa_lightning.stats import ResponseStats, first_input, model_device
+from pfa_lightning.stats import ResponseStats, model_device
+from pfa_lightning.validation import fail
 
 log = logging.getLogger("pfa_lightning")
 
-PFA_OPTIONS = ("strategy", "threshold", "ratio", "metric", "compress_at", "selection", "max_samples", "pooling",
-               "min_units", "coupled", "optimizer_state", "compensate", "validate_after", "layers", "exclude")
+# the `pfa` config keys: every PFACallback argument but the analysis data, which the data module gives
+PFA_OPTIONS = tuple(name for name in inspect.signature(PFACallback.__init__).parameters
+                    if name not in ("self", "dataloader"))
 
 
 class ExperimentPFACallback(PFACallback):
@@ -63,13 +68,15 @@ class ExperimentPFACallback(PFACallback):
 
 
 def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | None:
-    options = OmegaConf.to_container(cfg.pfa, resolve=True)
-    assert isinstance(options, dict)
-    if options.get("strategy") == "none":
+    from hydra.utils import instantiate
+
+    if cfg.pfa.get("strategy") == "none":
         return None
-    unknown = set(options) - set(PFA_OPTIONS)
+    unknown = set(cfg.pfa) - set(PFA_OPTIONS)
     if unknown:
-        raise ValueError(f"Unknown pfa option(s) {sorted(unknown)}; allowed: {', '.join(PFA_OPTIONS)}.")
+        raise fail("pfa", f"a config with keys among {PFA_OPTIONS}; unknown: {sorted(unknown)}",
+                   OmegaConf.to_container(cfg.pfa))
+    options = instantiate(cfg.pfa, _convert_="all")  # e.g. selection: {_target_: pfa_lightning.Random, seed: 1}
     analysis = datamodule.analysis_dataloader() if hasattr(datamodule, "analysis_dataloader") else None
     return ExperimentPFACallback(datamodule=datamodule, dataloader=analysis, **options)
 
@@ -194,7 +201,7 @@ def _print_summary(out: Path, results: dict[str, Any]) -> None:
 def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACallback | None, loggers: list) -> None:
     from rich.console import Console
 
-    from pfa_lightning.plots import plot_accuracy_vs_footprint, plot_spectra
+    from pfa_lightning.experiments.plots import plot_accuracy_vs_footprint, plot_spectra
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
     figures = {}
@@ -257,31 +264,21 @@ def _finish_wandb(loggers: list) -> None:
 def user_error_message(err: BaseException) -> str | None:
     """The message of an error a user caused, else None (a bug: show the whole traceback).
 
-    User errors are the ``ValueError``s that pfa_lightning raises itself (bad values, missing data,
-    unsupported models: every one names the value and what is allowed) and missing config values,
-    possibly wrapped by Hydra's ``instantiate`` (followed through ``__cause__`` only).
+    User errors are :class:`~pfa_lightning.PFAError` (bad values, missing data, unsupported models:
+    every one names the value and what is allowed) and missing config values, possibly wrapped by
+    Hydra's ``instantiate`` (followed through ``__cause__``).
     """
     from omegaconf.errors import MissingMandatoryValue
 
-    package = str(Path(__file__).resolve().parent)
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, MissingMandatoryValue):
             return f"a required setting is missing: {err.full_key} (set it on the command line, e.g. {err.full_key}=...)"
-        if isinstance(err, ValueError) and _raised_in(err, package):
+        if isinstance(err, PFAError):
             return str(err)
         err = err.__cause__  # type: ignore[assignment]
     return None
-
-
-def _raised_in(err: BaseException, package: str) -> bool:
-    tb = err.__traceback__
-    last = None
-    while tb is not None:
-        last = tb.tb_frame.f_code.co_filename
-        tb = tb.tb_next
-    return last is not None and str(Path(last).resolve()).startswith(package)
 
 
 __all__ = ["ExperimentPFACallback", "run", "user_error_message"]

@@ -1,6 +1,6 @@
 """Two-process CPU DDP fit with a PFA compression; every rank saves what it ended with.
 
-Run as ``python tests/ddp_script.py OUT_DIR [skew]`` (Lightning's DDP launcher re-runs this
+Run as ``python tests/helpers/ddp_script.py OUT_DIR [skew]`` (Lightning's DDP launcher re-runs this
 command for rank 1, so it must not run under pytest). Writes ``OUT_DIR/rank{r}.pt``. With
 ``skew``, rank 1 replaces its summed statistics by uncorrelated ones, so the ranks decide
 differently and the fit must fail with a clear error.
@@ -9,13 +9,13 @@ differently and the fit must fail with a clear error.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
 from pfa_lightning import PFACallback  # noqa: E402
-from tests.callback_models import ResidualNet, loaders, quiet_trainer  # noqa: E402
+from tests.helpers.callback_models import ResidualNet, loaders, quiet_trainer  # noqa: E402
 
 
 class SkewedRank1(PFACallback):

@@ -1,4 +1,4 @@
-"""PFACallback: compress a network between training stages inside a Lightning fit; load_compressed.
+"""PFACallback: compress a network between training stages inside a Lightning fit.
 
 The callback analyses the LightningModule as a whole: the responses are collected, the graph
 traced and the surgery applied by calling ``pl_module(inputs)``, where ``inputs`` is the model
@@ -10,297 +10,35 @@ the network itself may be the module or one of its attributes.
 from __future__ import annotations
 
 import copy
-import hashlib
-import itertools
-import json
-import math
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch import Tensor
+from torch.utils.data import DataLoader
 
-from pfa_lightning._optim_state import copy_hyperparameters, kept_parameter_indices, transplant_state
+from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, already_applied, input_spec,
+                                               restore_architecture)
+from pfa_lightning.callback.data import Converted, peek, shard, single_loader
+from pfa_lightning.callback.distributed import all_reduce, check_same_decision, rewrap_ddp, sync_buffers
+from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
+from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe, count_flops, count_params
-from pfa_lightning.graph import ModelGraph, analysable_layers, clone_inputs, evaluating, module_width, run_model
-from pfa_lightning.recipe import COUPLED_MODES, Recipe, apply_recipe, check_min_units, make_recipe
-from pfa_lightning.selection import check_selection
-from pfa_lightning.stats import POOLINGS, ResponseStats, check_max_samples, collect_responses, first_input, model_device
+from pfa_lightning.graph import ModelGraph, analysable_layers, evaluating
+from pfa_lightning.nested import clone_inputs, first_input, run_model
+from pfa_lightning.recipe import COUPLED_MODES, Recipe, check_min_units, make_recipe
+from pfa_lightning.selection import SelectionLike, resolve_selection
+from pfa_lightning.stats import POOLINGS, ResponseStats, check_max_samples, collect_responses, model_device
 from pfa_lightning.strategies import Footprint, Strategy, resolve_strategy
+from pfa_lightning.surgery import apply_recipe
+from pfa_lightning.validation import check_bool, check_choice, check_epochs, check_patterns, fail
 
-CHECKPOINT_KEY = "pfa"  # top-level checkpoint entry: {"version", "example_inputs", "history"}
-HISTORY_VERSION = 1
 OPTIMIZER_STATES = ("reset", "transplant")
-_ANALYSIS_SEED = 0  # the analysis subset is the same on every rank and every run
-_DEFAULT_BATCH_SIZE = 64
 
 
-# -- argument validation -------------------------------------------------------------------------
-def _validate_compress_at(compress_at: Any) -> list[int]:
-    epochs = [compress_at] if isinstance(compress_at, int) and not isinstance(compress_at, bool) else compress_at
-    ok = (
-        isinstance(epochs, (list, tuple))
-        and len(epochs) > 0
-        and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in epochs)
-        and len(set(epochs)) == len(epochs)
-    )
-    if not ok:
-        raise ValueError(
-            "`compress_at` must be an epoch number >= 1 or a non-empty list of distinct ones "
-            f"(1-based: 1 compresses after the first epoch), got {compress_at!r}."
-        )
-    return sorted(epochs)
-
-
-def _validate_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {tuple(allowed)}, got {value!r}.")
-    return value
-
-
-def _validate_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
-    return value
-
-
-def _validate_patterns(name: str, value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    patterns = [value] if isinstance(value, str) else value
-    if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"`{name}` must be None, a module name/glob pattern or a list of them, got {value!r}.")
-    return list(patterns)
-
-
-def _validate_dataloader(value: Any) -> Iterable | None:
-    if value is not None and not isinstance(value, Iterable):
-        raise ValueError(f"`dataloader` must be None (the train dataloader) or an iterable of batches, got {value!r}.")
-    return value
-
-
-# -- data ----------------------------------------------------------------------------------------
-class _EveryNth:
-    """Batches ``rank, rank + world, ...`` of an iterable, for data that cannot be indexed."""
-
-    def __init__(self, loader: Iterable, rank: int, world: int) -> None:
-        self.loader, self.rank, self.world = loader, rank, world
-
-    def __iter__(self) -> Iterator:
-        return itertools.islice(iter(self.loader), self.rank, None, self.world)
-
-
-class _Converted:
-    """Batches of ``loader`` passed through ``convert`` (the precision plugin's input conversion)."""
-
-    def __init__(self, loader: Iterable, convert: Any) -> None:
-        self.loader, self.convert = loader, convert
-
-    def __iter__(self) -> Iterator:
-        return (self.convert(batch) for batch in self.loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]  # TypeError if unsized: callers handle it
-
-
-def _shard(loader: Iterable, rank: int, world: int, max_samples: int | None,
-           min_per_rank: int = 0) -> tuple[Iterable, int | None]:
-    """This rank's exact share of ``loader``'s data, and how many samples it may still take.
-
-    Map-style data: a seeded random subset of ``max_samples`` indices (the same on every rank),
-    split ``range(rank, n, world)`` with no padding duplicates. Other iterables: every
-    ``world``-th batch, bounded to this rank's part of ``max_samples``.
-
-    Raises:
-        ValueError: (on every rank alike) map-style data too small to give each rank ``min_per_rank``.
-    """
-    dataset = getattr(loader, "dataset", None)
-    if not isinstance(loader, DataLoader) or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        limit = None if max_samples is None else math.ceil(max_samples / world)
-        return (loader if world == 1 else _EveryNth(loader, rank, world)), limit
-    n = len(dataset)
-    if min(n, max_samples or n) < min_per_rank * world:
-        raise ValueError(f"The PFA analysis data has {n} samples; {world} process(es) need at least "
-                         f"{min_per_rank * world} ({min_per_rank} each).")
-    if max_samples is not None and max_samples < n:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_ANALYSIS_SEED))[:max_samples].tolist()
-    else:
-        order = list(range(n))
-    shard = Subset(dataset, order[rank::world])
-    return DataLoader(shard, batch_size=loader.batch_size or _DEFAULT_BATCH_SIZE, shuffle=False,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn), None
-
-
-def _single_loader(loaders: Any, what: str) -> Any:
-    if isinstance(loaders, (list, tuple)):
-        if len(loaders) != 1:
-            raise ValueError(f"PFACallback cannot choose among {len(loaders)} {what} dataloaders; pass `dataloader=`.")
-        return loaders[0]
-    if isinstance(loaders, dict):
-        raise ValueError(f"PFACallback cannot choose among several {what} dataloaders (a dict); pass `dataloader=`.")
-    return loaders
-
-
-def _peek(loader: Iterable) -> Any:
-    """The first batch of ``loader`` (two samples, without starting worker processes when possible)."""
-    if isinstance(loader, DataLoader) and loader.batch_size and hasattr(loader.dataset, "__getitem__"):
-        n = min(2, len(loader.dataset))  # type: ignore[arg-type]
-        return loader.collate_fn([loader.dataset[i] for i in range(n)])  # type: ignore[misc]
-    for batch in loader:
-        return batch
-    raise ValueError("The PFA analysis dataloader is empty.")
-
-
-# -- example inputs, stored with the history -------------------------------------------------------
-def _input_spec(x: Any) -> Any:
-    """Shape (without the batch dimension) and dtype of model inputs, in plain types."""
-    if isinstance(x, Tensor):
-        return {"shape": list(x.shape[1:]), "dtype": str(x.dtype).removeprefix("torch.")}
-    if isinstance(x, (list, tuple)):
-        return {"sequence": [_input_spec(v) for v in x]}
-    if isinstance(x, dict):
-        return {"mapping": {str(k): _input_spec(v) for k, v in x.items()}}
-    raise TypeError(f"Cannot record model inputs of type {type(x).__name__}.")
-
-
-def _inputs_from_spec(spec: Any, module: nn.Module, batch: int = 2) -> Any:
-    """Zero inputs shaped like ``spec``, on the module's device; floating ones in the module's dtype."""
-    if "sequence" in spec:
-        return [_inputs_from_spec(s, module, batch) for s in spec["sequence"]]
-    if "mapping" in spec:
-        return {k: _inputs_from_spec(s, module, batch) for k, s in spec["mapping"].items()}
-    dtype = getattr(torch, spec["dtype"])
-    if dtype.is_floating_point:
-        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), dtype)
-    return torch.zeros((batch, *spec["shape"]), dtype=dtype, device=model_device(module))
-
-
-# -- rebuilding from a checkpoint ----------------------------------------------------------------
-def _already_applied(module: nn.Module, recipe: Recipe) -> bool:
-    """True if ``module`` has the recipe's compressed widths, False if its original ones.
-
-    Raises:
-        ValueError: the module has neither (or lacks one of the recipe's layers).
-    """
-    widths = {}
-    for layer in recipe.layers:
-        try:
-            widths[layer.name] = module_width(module.get_submodule(layer.name))
-        except AttributeError:
-            raise ValueError(
-                f"The checkpoint's PFA history does not fit {type(module).__name__}: it has no layer {layer.name!r}."
-            ) from None
-    if all(widths[layer.name] == layer.kept for layer in recipe.layers):
-        return True  # (or a recipe that keeps everything: nothing to do either way)
-    if all(widths[layer.name] == layer.original for layer in recipe.layers):
-        return False
-    raise ValueError(
-        f"The checkpoint's PFA history does not fit {type(module).__name__}: its layer widths {widths} are "
-        "neither those the compression started from nor those it produced."
-    )
-
-
-def restore_architecture(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Replay the compressions recorded in ``checkpoint`` on ``module`` so that its weights fit.
-
-    Compressions the module already has are skipped. Returns the checkpoint's PFA entry (empty
-    if it has none).
-    """
-    data = checkpoint.get(CHECKPOINT_KEY) or {}
-    history = data.get("history") or []
-    if history:
-        inputs = _inputs_from_spec(data["example_inputs"], module)
-        for entry in history:
-            recipe = Recipe.from_dict(entry["recipe"])
-            if not _already_applied(module, recipe):
-                apply_recipe(module, recipe, example_inputs=inputs)
-    return data
-
-
-def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any, **kwargs: Any) -> pl.LightningModule:
-    """Build ``module_class``, replay the checkpoint's compressions, load the weights; in eval mode.
-
-    Like ``module_class.load_from_checkpoint(checkpoint_path, **kwargs)`` (same keyword arguments:
-    ``map_location``, ``strict``, hyperparameter overrides), for checkpoints written by a fit with
-    :class:`PFACallback`; a checkpoint without compressions loads as usual.
-
-    Example:
-        >>> model = load_compressed(MyModule, "last.ckpt", map_location="cpu")
-        >>> model(x)
-
-    Raises:
-        TypeError: ``module_class`` is not a LightningModule subclass.
-        ValueError: the checkpoint's compressions do not fit the module built by ``module_class``.
-    """
-    if not (isinstance(module_class, type) and issubclass(module_class, pl.LightningModule)):
-        raise TypeError(f"`module_class` must be a LightningModule subclass, got {module_class!r}.")
-
-    def on_load_checkpoint(self: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        restore_architecture(self, checkpoint)
-        module_class.on_load_checkpoint(self, checkpoint)
-
-    # A throwaway subclass rebuilds the architecture in the hook Lightning calls before the weights load.
-    rebuilding = type(module_class.__name__, (module_class,), {
-        "on_load_checkpoint": on_load_checkpoint, "__module__": module_class.__module__,
-        "__qualname__": module_class.__qualname__,
-    })
-    model = rebuilding.load_from_checkpoint(checkpoint_path, **kwargs)
-    model.__class__ = module_class
-    return model.eval()
-
-
-# -- distributed helpers -------------------------------------------------------------------------
-def _distributed(trainer: pl.Trainer) -> bool:
-    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
-
-
-def _sync_buffers(trainer: pl.Trainer, module: nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP's next forward would."""
-    if _distributed(trainer):
-        for buffer in module.buffers():
-            dist.broadcast(buffer, src=0)
-
-
-def _all_reduce(trainer: pl.Trainer, tensors: Iterable[Tensor]) -> None:
-    if _distributed(trainer):
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-
-
-def _decision_digest(recipe: Recipe) -> int:
-    text = json.dumps([[layer.name, layer.kept_indices] for layer in recipe.layers])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")  # fits in int64
-
-
-def _check_same_decision(trainer: pl.Trainer, recipe: Recipe) -> None:
-    """Raise on every rank if the ranks decided different recipes (instead of hanging later)."""
-    if not _distributed(trainer):
-        return
-    mine = torch.tensor([_decision_digest(recipe)], dtype=torch.int64, device=trainer.strategy.root_device)
-    gathered = [torch.zeros_like(mine) for _ in range(trainer.world_size)]
-    dist.all_gather(gathered, mine)
-    if any(not torch.equal(other, mine) for other in gathered):
-        raise RuntimeError(
-            f"PFA ranks decided different compressions (rank {trainer.global_rank} chose widths {recipe.widths}; "
-            f"decision digests {[int(g) for g in gathered]}). The response statistics differ between ranks: "
-            "check that the model and the analysis data are the same on every rank."
-        )
-
-
-def _rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
-    """Rebuild the DDP wrapper, which holds the replaced parameters."""
-    strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and strategy.model is not module:
-        strategy.model = module
-        strategy.configure_ddp()
-
-
-# -- the callback --------------------------------------------------------------------------------
 class PFACallback(Callback):
     """Compress the network with Principal Filter Analysis at the end of chosen epochs, then train on.
 
@@ -327,7 +65,8 @@ class PFACallback(Callback):
         compress_at: epoch(s) after which to compress (1-based: 1 = after the first epoch).
         threshold: energy kept, for ``"energy"``.
         ratio, metric: footprint target (``ratio`` of ``"params"`` or ``"flops"``), for ``"footprint"``.
-        selection: which units to keep: ``"abs_max"`` (the paper's) or ``"l1_max"``.
+        selection: which units to keep: ``"abs_max"`` (the paper's), ``"l1_max"``, the baselines
+            ``"weight_l1"`` / ``"random"``, or a selection object (``pfa.Random(seed=1)``, your own callable).
         dataloader: analysis data (e.g. a target domain); default: the train dataloader's dataset.
         max_samples: analyse a seeded random subset of this many samples (None: all of them).
         pooling: spatial reduction of conv responses, ``"max"`` or ``"avg"``.
@@ -346,7 +85,7 @@ class PFACallback(Callback):
         verbose: print the recipe table and show a progress bar (rank zero only).
 
     Raises:
-        ValueError: any argument out of range, naming it and the allowed values.
+        PFAError: any argument out of range, naming it and the allowed values.
     """
 
     def __init__(
@@ -357,7 +96,7 @@ class PFACallback(Callback):
         threshold: float | None = None,
         ratio: float | None = None,
         metric: str | None = None,
-        selection: str = "abs_max",
+        selection: SelectionLike = "abs_max",
         dataloader: Iterable | None = None,
         max_samples: int | None = 2000,
         pooling: str = "max",
@@ -372,20 +111,22 @@ class PFACallback(Callback):
         verbose: bool = True,
     ) -> None:
         self.strategy = resolve_strategy(strategy, threshold=threshold, ratio=ratio, metric=metric)
-        self.compress_at = _validate_compress_at(compress_at)
-        self.selection = check_selection(selection)
-        self.dataloader = _validate_dataloader(dataloader)
+        self.compress_at = check_epochs("compress_at", compress_at, 1, " (1-based: 1 compresses after the first epoch)")
+        self.selection = resolve_selection(selection)
+        if dataloader is not None and not isinstance(dataloader, Iterable):
+            raise fail("dataloader", "None (the train dataloader) or an iterable of batches", dataloader)
+        self.dataloader = dataloader
         self.max_samples = check_max_samples(max_samples)
-        self.pooling = _validate_choice("pooling", pooling, POOLINGS)
-        self.layers = _validate_patterns("layers", layers)
-        self.exclude = _validate_patterns("exclude", exclude)
+        self.pooling = check_choice("pooling", pooling, POOLINGS)
+        self.layers = check_patterns("layers", layers)
+        self.exclude = check_patterns("exclude", exclude)
         self.min_units = check_min_units(min_units)
-        self.coupled = _validate_choice("coupled", coupled, COUPLED_MODES)
-        self.optimizer_state = _validate_choice("optimizer_state", optimizer_state, OPTIMIZER_STATES)
-        self.compensate = _validate_bool("compensate", compensate)
-        self.validate_after = _validate_bool("validate_after", validate_after)
-        self.keep_scheduler_progress = _validate_bool("keep_scheduler_progress", keep_scheduler_progress)
-        self.verbose = _validate_bool("verbose", verbose)
+        self.coupled = check_choice("coupled", coupled, COUPLED_MODES)
+        self.optimizer_state = check_choice("optimizer_state", optimizer_state, OPTIMIZER_STATES)
+        self.compensate = check_bool("compensate", compensate)
+        self.validate_after = check_bool("validate_after", validate_after)
+        self.keep_scheduler_progress = check_bool("keep_scheduler_progress", keep_scheduler_progress)
+        self.verbose = check_bool("verbose", verbose)
         self.history: list[dict[str, Any]] = []  # one plain dict per compression done, oldest first
         self._example_spec: Any = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
@@ -408,24 +149,24 @@ class PFACallback(Callback):
     def _check_trainer(self, trainer: pl.Trainer) -> None:
         strategy = trainer.strategy
         if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
-            raise ValueError(
+            raise PFAError(
                 f"PFACallback supports single-device and DDP strategies, got {type(strategy).__name__}: FSDP, "
                 "DeepSpeed and model-parallel strategies shard or wrap parameters, so layer surgery is refused."
             )
         if sum(isinstance(c, PFACallback) for c in trainer.callbacks) > 1:
-            raise ValueError("Use only one PFACallback per Trainer; list all its epochs in `compress_at`.")
+            raise PFAError("Use only one PFACallback per Trainer; list all its epochs in `compress_at`.")
         max_epochs = trainer.max_epochs
         if max_epochs is not None and max_epochs >= 0:
             late = [e for e in self.compress_at if e > max_epochs]
             if late:
-                raise ValueError(
+                raise PFAError(
                     f"`compress_at` epoch {late[0]} is beyond `max_epochs={max_epochs}`: that compression would "
                     f"never happen. Use epochs in [1, {max_epochs}]."
                 )
             if self.compress_at[-1] == max_epochs:
                 rank_zero_warn(f"PFACallback compresses after the last epoch ({max_epochs}): no fine-tuning follows.")
         if self.max_samples is not None and self.max_samples < 2 * trainer.world_size:
-            raise ValueError(
+            raise PFAError(
                 f"`max_samples={self.max_samples}` is too small for {trainer.world_size} processes: "
                 f"every rank needs at least 2 samples (use >= {2 * trainer.world_size})."
             )
@@ -478,7 +219,7 @@ class PFACallback(Callback):
     def _read_checkpoint(self, data: dict[str, Any]) -> None:
         version = data.get("version", HISTORY_VERSION)
         if version != HISTORY_VERSION:
-            raise ValueError(f"Unsupported PFA checkpoint history version {version!r}; expected {HISTORY_VERSION}.")
+            raise PFAError(f"Unsupported PFA checkpoint history version {version!r}; expected {HISTORY_VERSION}.")
         self.history = copy.deepcopy(list(data.get("history") or []))
         self._example_spec = copy.deepcopy(data.get("example_inputs")) or self._example_spec
 
@@ -491,28 +232,28 @@ class PFACallback(Callback):
         pending = [e for e in self.compress_at if e not in self.done_epochs]
         passed = [e for e in pending if e <= trainer.current_epoch]
         if passed:
-            raise ValueError(
+            raise PFAError(
                 f"`compress_at` epoch {passed[0]} has already passed (training resumes after epoch "
                 f"{trainer.current_epoch}) and the checkpoint records no compression then."
             )
         if not pending:
             return
         inputs = self._example_inputs(trainer, pl_module)
-        self._example_spec = self._example_spec or _input_spec(inputs)
+        self._example_spec = self._example_spec or input_spec(inputs)
         self._check_module(pl_module, inputs)
 
     def _module_is_compressed(self, pl_module: pl.LightningModule) -> bool:
         """Whether the module has the widths the latest recorded compression produced."""
         try:
-            return _already_applied(pl_module, self.recipes[-1])
-        except ValueError:
+            return already_applied(pl_module, self.recipes[-1])
+        except PFAError:
             return False
 
     def _check_module(self, pl_module: pl.LightningModule, inputs: Any) -> None:
         try:
             graph = ModelGraph(pl_module, inputs)
         except NotImplementedError as err:
-            raise ValueError(
+            raise PFAError(
                 f"PFACallback runs {type(pl_module).__name__}(inputs) on a batch's model input, but its "
                 f"`forward` is not implemented ({err}). Define `forward` to run the network."
             ) from None
@@ -530,7 +271,7 @@ class PFACallback(Callback):
                        if not s.reaches_output and set(s.producers) <= chosen
                        and not (self.coupled == "skip" and s.coupled)})
         if floor > target * probe.full:
-            raise ValueError(
+            raise PFAError(
                 f"Footprint ratio {target:g} ({metric}) is out of reach for {type(pl_module).__name__}: even with every "
                 f"analysed layer at min_units={self.min_units} the network keeps {floor / probe.full:.4f} of its "
                 f"{metric}. Use a larger ratio, a smaller `min_units`, or analyse more layers."
@@ -552,7 +293,7 @@ class PFACallback(Callback):
         """Analyse, decide, cut, rebuild the optimizers (and the DDP wrapper), log; returns the recipe."""
         training = {m: m.training for m in pl_module.modules()}
         inputs = self._example_inputs(trainer, pl_module)
-        _sync_buffers(trainer, pl_module)
+        sync_buffers(trainer, pl_module)
         before = self._footprint(pl_module, inputs)
         acc_before = self._evaluate(trainer, pl_module) if self.validate_after else None
 
@@ -563,15 +304,16 @@ class PFACallback(Callback):
         old_schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
 
         apply_recipe(pl_module, recipe, example_inputs=inputs, compensate_with=stats if self.compensate else None)
-        _rewrap_ddp(trainer, pl_module)
+        rewrap_ddp(trainer, pl_module)
         trainer.strategy.setup_optimizers(trainer)
-        self._carry_over(trainer, pl_module, old_optimizers, old_schedulers, old_params, kept)
+        carry_over(trainer, old_optimizers, old_schedulers, old_params, dict(pl_module.named_parameters()), kept,
+                   transplant=self.optimizer_state == "transplant", keep_progress=self.keep_scheduler_progress)
         for module, flag in training.items():
             module.training = flag
 
         after = self._footprint(pl_module, inputs)
         acc_after = self._evaluate(trainer, pl_module) if self.validate_after else None
-        self._example_spec = self._example_spec or _input_spec(inputs)
+        self._example_spec = self._example_spec or input_spec(inputs)
         self.history.append({
             "epoch": epoch, "global_step": int(trainer.global_step), "recipe": recipe.to_dict(),
             "params_before": before["params"], "params_after": after["params"],
@@ -584,60 +326,37 @@ class PFACallback(Callback):
     def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> tuple[Recipe, ResponseStats]:
         """Statistics summed over ranks, then the same recipe on every rank (verified)."""
         data, limit = self._analysis_data(trainer)
-        batches = _Converted(data, trainer.precision_plugin.convert_input)
+        batches = Converted(data, trainer.precision_plugin.convert_input)
         with trainer.precision_plugin.forward_context():
             stats = collect_responses(
                 pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
                 exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
                 description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate,
             )
-        _all_reduce(trainer, stats.tensors())
+        all_reduce(trainer, stats.tensors())
         self.on_statistics(trainer, pl_module, stats)
         recipe = make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
                              min_units=self.min_units, coupled=self.coupled)
-        _check_same_decision(trainer, recipe)
+        check_same_decision(trainer, recipe)
         return recipe, stats
 
     def on_statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: ResponseStats) -> None:
         """Called with the response statistics (summed over ranks) before each decision; override to
         inspect them, e.g. to plot the spectra. Does nothing by default."""
 
-    def _carry_over(self, trainer: pl.Trainer, pl_module: pl.LightningModule, old_optimizers: list,
-                    old_schedulers: list[dict], old_params: dict, kept: dict) -> None:
-        """Give the rebuilt optimizers the schedule's progress and, if asked, the sliced state."""
-        new_optimizers = trainer.optimizers
-        if len(new_optimizers) != len(old_optimizers):
-            rank_zero_warn("configure_optimizers returned a different number of optimizers after PFA; "
-                           "their state and learning rates start afresh.")
-            return
-        new_params = dict(pl_module.named_parameters())
-        for old, new in zip(old_optimizers, new_optimizers):
-            if self.optimizer_state == "transplant":
-                transplant_state(old, new, old_params, new_params, kept)
-            if self.keep_scheduler_progress and not copy_hyperparameters(old, new):
-                rank_zero_warn("An optimizer's parameter groups changed in number after PFA; its learning rate "
-                               "is the one configure_optimizers sets.")
-        configs = trainer.lr_scheduler_configs
-        if self.keep_scheduler_progress and len(configs) == len(old_schedulers):
-            for config, state in zip(configs, old_schedulers):
-                config.scheduler.load_state_dict(state)
-        elif self.keep_scheduler_progress:
-            rank_zero_warn("configure_optimizers returned a different number of LR schedulers after PFA; "
-                           "they restart from zero.")
-
     # -- data --------------------------------------------------------------------------------------
     def _analysis_data(self, trainer: pl.Trainer) -> tuple[Iterable, int | None]:
         """This rank's share of the analysis data (unconverted batches) and its sample limit."""
         loader = self.dataloader
         if loader is None:
-            loader = _single_loader(trainer.train_dataloader, "train")
+            loader = single_loader(trainer.train_dataloader, "train")
             if loader is None:
-                raise ValueError("PFACallback found no train dataloader to analyse; pass `dataloader=`.")
-        return _shard(loader, trainer.global_rank, trainer.world_size, self.max_samples, min_per_rank=2)
+                raise PFAError("PFACallback found no train dataloader to analyse; pass `dataloader=`.")
+        return shard(loader, trainer.global_rank, trainer.world_size, self.max_samples, min_per_rank=2)
 
     def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         data, _ = self._analysis_data(trainer)
-        batch = trainer.precision_plugin.convert_input(_peek(data))
+        batch = trainer.precision_plugin.convert_input(peek(data))
         return clone_inputs(first_input(batch), 2, model_device(pl_module))
 
     def _evaluation_data(self, trainer: pl.Trainer) -> tuple[Iterable, int | None]:
@@ -646,7 +365,7 @@ class PFACallback(Callback):
         if isinstance(val, (list, tuple)) and len(val) == 1:
             val = val[0]
         if isinstance(val, DataLoader):
-            return _shard(val, trainer.global_rank, trainer.world_size, None)
+            return shard(val, trainer.global_rank, trainer.world_size, None)
         return self._analysis_data(trainer)
 
     # -- measuring ---------------------------------------------------------------------------------
@@ -674,9 +393,9 @@ class PFACallback(Callback):
         """Accuracy over every rank's share of the evaluation data, or None if not classification."""
         data, limit = self._evaluation_data(trainer)
         with trainer.precision_plugin.forward_context():
-            correct, total = self.count_correct(pl_module, _Converted(data, trainer.precision_plugin.convert_input), limit)
+            correct, total = self.count_correct(pl_module, Converted(data, trainer.precision_plugin.convert_input), limit)
         counts = torch.tensor([correct, total], dtype=torch.float64, device=model_device(pl_module))
-        _all_reduce(trainer, [counts])
+        all_reduce(trainer, [counts])
         return float(counts[0] / counts[1]) if counts[1] > 0 else None
 
     def count_correct(self, pl_module: pl.LightningModule, batches: Iterable, limit: int | None = None) -> tuple[int, int]:
@@ -725,4 +444,4 @@ class PFACallback(Callback):
             f"({metrics['pfa/flops_ratio']:.1%}){accuracy}."
         )
 
-__all__ = ["CHECKPOINT_KEY", "PFACallback", "load_compressed", "restore_architecture"]
+__all__ = ["PFACallback"]

@@ -33,9 +33,9 @@ def test_weight_l1_keeps_the_largest_filters_at_pfa_widths(trained_like):
 
 def test_random_selection_is_seeded_and_keeps_the_widths(trained_like):
     model, x, stats, kl = trained_like
-    a = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x, selection="random", seed=1)
-    b = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x, selection="random", seed=1)
-    c = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x, selection="random", seed=2)
+    a = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x, selection=pfa.Random(seed=1))
+    b = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x, selection=pfa.Random(seed=1))
+    c = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x, selection=pfa.Random(seed=2))
     assert a.widths == kl.widths
     assert a.to_dict() == b.to_dict()
     assert any(la.kept_indices != lc.kept_indices for la, lc in zip(a.layers, c.layers) if la.kept < la.original)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from pfa_lightning.models import build
+from pfa_lightning.models import MODEL_NAMES, build
+from pfa_lightning.validation import check_choice, fail
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
@@ -38,12 +39,11 @@ class ImageClassifier(pl.LightningModule):
                  optimizer: str = "sgd", lr: float = 0.05, weight_decay: float = 5e-4, momentum: float = 0.9,
                  scheduler: str = "cosine", step_size: int = 30, input_size: int = 32) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"Unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}.")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"Unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}.")
-        if not lr > 0:
-            raise ValueError(f"`lr` must be > 0, got {lr!r}.")
+        check_choice("arch", arch, MODEL_NAMES)
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_choice("scheduler", scheduler, SCHEDULERS)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise fail("lr", "a number > 0", lr)
         self.save_hyperparameters()
         sized = {"input_size": input_size} if arch.startswith("vgg") or arch == "simplecnn" else {}
         self.net: nn.Module = build(arch, num_classes=num_classes, in_channels=in_channels, width=width, **sized)

@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 
 from pfa_lightning import PFACallback, Recipe, count_params, load_compressed
 from pfa_lightning.callback import restore_architecture
-from tests.callback_models import (LinearOnly, NoForward, ResidualNet, WrappedNet, loaders, make_dataset,
+from tests.helpers.callback_models import (LinearOnly, NoForward, ResidualNet, WrappedNet, loaders, make_dataset,
                                    quiet_trainer)
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_DIR = os.path.dirname(TESTS_DIR)
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DDP_SCRIPT = os.path.join(REPO_DIR, "tests", "helpers", "ddp_script.py")
 
 
 class RecordingLogger(Logger):
@@ -153,7 +153,7 @@ def test_a_callback_reused_on_a_fresh_module_compresses_it_again():
 
 # -- DDP -------------------------------------------------------------------------------------------
 def test_two_process_ddp_ranks_decide_alike_and_end_identical(tmp_path):
-    run_python([os.path.join(TESTS_DIR, "ddp_script.py"), str(tmp_path)])
+    run_python([DDP_SCRIPT, str(tmp_path)])
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert (rank0["rank"], rank1["rank"]) == (0, 1)
     assert len(rank0["history"]) == 1 and rank0["history"] == rank1["history"]
@@ -167,7 +167,7 @@ def test_two_process_ddp_ranks_decide_alike_and_end_identical(tmp_path):
 
 
 def test_ranks_that_decide_differently_fail_clearly_instead_of_hanging(tmp_path):
-    result = run_python([os.path.join(TESTS_DIR, "ddp_script.py"), str(tmp_path), "skew"], check=False)
+    result = run_python([DDP_SCRIPT, str(tmp_path), "skew"], check=False)
     assert result.returncode != 0
     assert "PFA ranks decided different compressions" in result.stderr
     assert not list(tmp_path.glob("rank*.pt"))
@@ -245,7 +245,7 @@ def test_load_compressed_in_a_fresh_process_gives_the_same_outputs(compressed_ru
     run_python(["-c", textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {REPO_DIR!r})
-        from tests.callback_models import ResidualNet
+        from tests.helpers.callback_models import ResidualNet
         from pfa_lightning import load_compressed
         model = load_compressed(ResidualNet, {str(root / "final.ckpt")!r}, map_location="cpu")
         assert type(model) is ResidualNet and not model.training
@@ -312,11 +312,11 @@ def test_reset_starts_the_new_optimizer_empty():
 
 # -- misconfiguration ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
-    ({"strategy": "pca"}, r"Unknown PFA strategy 'pca'; allowed: kl, energy, footprint"),
+    ({"strategy": "pca"}, r"`strategy` must be one of \('kl', 'energy', 'footprint', 'uniform'\) or a Strategy instance, got 'pca'"),
     ({"strategy": "kl", "threshold": 0.9}, r"Strategy 'kl' takes no options, got unexpected \['threshold'\]"),
     ({"strategy": "energy", "threshold": 1.5}, r"`threshold` must be a number in \(0, 1\], got 1.5"),
-    ({"strategy": "footprint", "ratio": 0.5, "metric": "latency"}, r"Unknown footprint metric 'latency'; allowed"),
-    ({"selection": "magnitude"}, r"Unknown selection 'magnitude'; allowed: abs_max, l1_max, weight_l1, random"),
+    ({"strategy": "footprint", "ratio": 0.5, "metric": "latency"}, r"`metric` must be one of \('params', 'flops'\), got 'latency'"),
+    ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'weight_l1', 'random'\) or a selection callable.*got 'magnitude'"),
     ({"compress_at": []}, r"`compress_at` must be an epoch number >= 1 .*got \[\]"),
     ({"compress_at": [0]}, r"`compress_at` must be .*got \[0\]"),
     ({"compress_at": [3, 3]}, r"`compress_at` must be .*distinct.*got \[3, 3\]"),

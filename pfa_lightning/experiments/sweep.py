@@ -40,7 +40,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def write_summary(sweep_dir: Path) -> tuple[Path, Path | None]:
     """(Re)write the CSV and the plot from the finished jobs; returns their paths."""
-    from pfa_lightning.plots import plot_accuracy_vs_footprint
+    from pfa_lightning.experiments.plots import plot_accuracy_vs_footprint
 
     rows = collect_rows(sweep_dir)
     csv_path = sweep_dir / "sweep_summary.csv"

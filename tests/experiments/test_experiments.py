@@ -16,18 +16,19 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from pfa_lightning.experiment import run
-from tests.fake_cifar import write_fake_cifar
-from tests.wandb_reader import read_offline_run
+from pfa_lightning.experiments.runner import run
+from tests.helpers.fake_cifar import write_fake_cifar
+from tests.helpers.wandb_reader import read_offline_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 FAST = ["train.epochs=1", "train.finetune_epochs=1", "train.batch_limit=2", "model.width=0.125",
         "pfa.max_samples=64", "dataset.batch_size=16", "trainer.enable_progress_bar=false"]
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The choices of a config group (``default.yaml`` is the group's base, not a choice)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem != "default")
 
 
 @pytest.fixture
@@ -61,7 +62,8 @@ def _cases() -> list[list[str]]:
     cases += [["dataset=synthetic", "dataset.size=64", "model=vgg11"]]
     cases += [[f"pfa={p}"] for p in options("pfa")]
     cases += [["pfa=kl", "pfa.compensate=true", "pfa.selection=weight_l1", "pfa.optimizer_state=transplant"],
-              ["pfa=footprint", "pfa.metric=flops", "pfa.selection=random"]]
+              ["pfa=footprint", "pfa.metric=flops", "pfa.selection=random"],
+              ["pfa=energy", "pfa.selection={_target_:pfa_lightning.Random,seed:3}", "pfa.verbose=false"]]
     cases += [["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true"],
               ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1"], ["trainer=cpu"]]
     cases += [[f"logger={l}"] for l in options("logger")]

@@ -1,0 +1,119 @@
+"""Compressed checkpoints: the example-input spec stored with the history, rebuilding the compressed
+architecture from a checkpoint, and :func:`load_compressed`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from pfa_lightning.errors import PFAError
+from pfa_lightning.graph import module_width
+from pfa_lightning.nested import map_nested
+from pfa_lightning.recipe import Recipe
+from pfa_lightning.stats import model_device
+from pfa_lightning.surgery import apply_recipe
+
+CHECKPOINT_KEY = "pfa"  # top-level checkpoint entry: {"version", "example_inputs", "history"}
+HISTORY_VERSION = 1
+
+
+def input_spec(x: Any) -> Any:
+    """Shape (without the batch dimension) and dtype of model inputs, in plain types."""
+    def unsupported(v: Any) -> Any:
+        raise PFAError(f"Cannot record model inputs of type {type(v).__name__}: they must be tensors, "
+                       "or lists, tuples and dicts of tensors.")
+
+    return map_nested(x, lambda t: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")},
+                      other=unsupported, sequence=lambda _, items: {"sequence": items},
+                      mapping=lambda _, items: {"mapping": {str(k): v for k, v in items.items()}})
+
+
+def inputs_from_spec(spec: Any, module: nn.Module, batch: int = 2) -> Any:
+    """Zero inputs shaped like ``spec``, on the module's device; floating ones in the module's dtype."""
+    if "sequence" in spec:
+        return [inputs_from_spec(s, module, batch) for s in spec["sequence"]]
+    if "mapping" in spec:
+        return {k: inputs_from_spec(s, module, batch) for k, s in spec["mapping"].items()}
+    dtype = getattr(torch, spec["dtype"])
+    if dtype.is_floating_point:
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), dtype)
+    return torch.zeros((batch, *spec["shape"]), dtype=dtype, device=model_device(module))
+
+
+def already_applied(module: nn.Module, recipe: Recipe) -> bool:
+    """True if ``module`` has the recipe's compressed widths, False if its original ones.
+
+    Raises:
+        PFAError: the module has neither (or lacks one of the recipe's layers).
+    """
+    widths = {}
+    for layer in recipe.layers:
+        try:
+            widths[layer.name] = module_width(module.get_submodule(layer.name))
+        except AttributeError:
+            raise PFAError(
+                f"The checkpoint's PFA history does not fit {type(module).__name__}: it has no layer {layer.name!r}."
+            ) from None
+    if all(widths[layer.name] == layer.kept for layer in recipe.layers):
+        return True  # (or a recipe that keeps everything: nothing to do either way)
+    if all(widths[layer.name] == layer.original for layer in recipe.layers):
+        return False
+    raise PFAError(
+        f"The checkpoint's PFA history does not fit {type(module).__name__}: its layer widths {widths} are "
+        "neither those the compression started from nor those it produced."
+    )
+
+
+def restore_architecture(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Replay the compressions recorded in ``checkpoint`` on ``module`` so that its weights fit.
+
+    Compressions the module already has are skipped. Returns the checkpoint's PFA entry (empty
+    if it has none).
+    """
+    data = checkpoint.get(CHECKPOINT_KEY) or {}
+    history = data.get("history") or []
+    if history:
+        inputs = inputs_from_spec(data["example_inputs"], module)
+        for entry in history:
+            recipe = Recipe.from_dict(entry["recipe"])
+            if not already_applied(module, recipe):
+                apply_recipe(module, recipe, example_inputs=inputs)
+    return data
+
+
+def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any, **kwargs: Any) -> pl.LightningModule:
+    """Build ``module_class``, replay the checkpoint's compressions, load the weights; in eval mode.
+
+    Like ``module_class.load_from_checkpoint(checkpoint_path, **kwargs)`` (same keyword arguments:
+    ``map_location``, ``strict``, hyperparameter overrides), for checkpoints written by a fit with
+    :class:`PFACallback`; a checkpoint without compressions loads as usual.
+
+    Example:
+        >>> model = load_compressed(MyModule, "last.ckpt", map_location="cpu")
+        >>> model(x)
+
+    Raises:
+        PFAError: the checkpoint's compressions do not fit the module built by ``module_class``.
+    """
+    if not (isinstance(module_class, type) and issubclass(module_class, pl.LightningModule)):
+        raise PFAError(f"`module_class` must be a LightningModule subclass, got {module_class!r}.")
+
+    def on_load_checkpoint(self: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        restore_architecture(self, checkpoint)
+        module_class.on_load_checkpoint(self, checkpoint)
+
+    # A throwaway subclass rebuilds the architecture in the hook Lightning calls before the weights load.
+    rebuilding = type(module_class.__name__, (module_class,), {
+        "on_load_checkpoint": on_load_checkpoint, "__module__": module_class.__module__,
+        "__qualname__": module_class.__qualname__,
+    })
+    model = rebuilding.load_from_checkpoint(checkpoint_path, **kwargs)
+    model.__class__ = module_class
+    return model.eval()
+
+
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "input_spec", "inputs_from_spec", "load_compressed",
+           "restore_architecture"]

@@ -1,0 +1,64 @@
+"""Distributed helpers: statistics summed over ranks, one decision verified on every rank, DDP rewrap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.strategies import DDPStrategy
+from torch import Tensor, nn
+
+from pfa_lightning.errors import PFAError
+from pfa_lightning.recipe import Recipe
+
+
+def distributed(trainer: pl.Trainer) -> bool:
+    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def sync_buffers(trainer: pl.Trainer, module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP's next forward would."""
+    if distributed(trainer):
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def all_reduce(trainer: pl.Trainer, tensors: Iterable[Tensor]) -> None:
+    if distributed(trainer):
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def decision_digest(recipe: Recipe) -> int:
+    text = json.dumps([[layer.name, layer.kept_indices] for layer in recipe.layers])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")  # fits in int64
+
+
+def check_same_decision(trainer: pl.Trainer, recipe: Recipe) -> None:
+    """Raise on every rank if the ranks decided different recipes (instead of hanging later)."""
+    if not distributed(trainer):
+        return
+    mine = torch.tensor([decision_digest(recipe)], dtype=torch.int64, device=trainer.strategy.root_device)
+    gathered = [torch.zeros_like(mine) for _ in range(trainer.world_size)]
+    dist.all_gather(gathered, mine)
+    if any(not torch.equal(other, mine) for other in gathered):
+        raise PFAError(
+            f"PFA ranks decided different compressions (rank {trainer.global_rank} chose widths {recipe.widths}; "
+            f"decision digests {[int(g) for g in gathered]}). The response statistics differ between ranks: "
+            "check that the model and the analysis data are the same on every rank."
+        )
+
+
+def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    """Rebuild the DDP wrapper, which holds the replaced parameters."""
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and strategy.model is not module:
+        strategy.model = module
+        strategy.configure_ddp()
+
+
+__all__ = ["all_reduce", "check_same_decision", "decision_digest", "distributed", "rewrap_ddp", "sync_buffers"]

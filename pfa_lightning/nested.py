@@ -1,0 +1,85 @@
+"""Model inputs and outputs nested in lists, tuples and dicts: one walker for all of them."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from pfa_lightning.errors import PFAError
+
+
+def map_nested(obj: Any, tensor: Callable[[Tensor], Any], *, other: Callable[[Any], Any] = lambda x: x,
+               sequence: Callable[[Any, list], Any] | None = None,
+               mapping: Callable[[Any, dict], Any] | None = None) -> Any:
+    """Rebuild ``obj`` with ``tensor(t)`` for every tensor and ``other(x)`` for any other leaf.
+
+    Lists and tuples are rebuilt as their own type and dicts as dicts, unless ``sequence(obj, items)`` /
+    ``mapping(obj, items)`` say how to build them from the mapped items.
+    """
+    def walk(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return tensor(x)
+        if isinstance(x, (list, tuple)):
+            items = [walk(v) for v in x]
+            return sequence(x, items) if sequence is not None else type(x)(items)
+        if isinstance(x, dict):
+            items = {k: walk(v) for k, v in x.items()}
+            return mapping(x, items) if mapping is not None else items
+        return other(x)
+
+    return walk(obj)
+
+
+def tensors_in(obj: Any) -> Iterator[Tensor]:
+    """Every tensor in ``obj``, depth first."""
+    found: list[Tensor] = []
+    map_nested(obj, found.append)
+    return iter(found)
+
+
+def clone_inputs(example_inputs: Any, n: int | None = None, device: torch.device | str | None = None) -> Any:
+    """Detached copies of (the first ``n`` samples of) example inputs, moved to ``device``."""
+    def clone(t: Tensor) -> Tensor:
+        t = t[:n] if n is not None and t.dim() > 0 else t
+        return t.detach().to(device) if device is not None else t.detach()
+
+    return map_nested(example_inputs, clone)
+
+
+def batch_size(inputs: Any) -> int:
+    """Number of samples in a batch of model inputs (the first dimension of its first tensor)."""
+    first = next(tensors_in(inputs), None)
+    if first is None or first.dim() == 0:
+        raise PFAError(f"Cannot tell the batch size of model inputs of type {type(inputs).__name__}: "
+                       "they must hold a tensor with a batch dimension.")
+    return int(first.shape[0])
+
+
+def run_model(model: torch.nn.Module, inputs: Any) -> Any:
+    """Call ``model`` the way Torch-Pruning does: dicts as keywords, tuples/lists as positionals."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_input(batch: Any) -> Any:
+    """The model input of a batch: the batch itself if a tensor, else its first element / ``batch["x"]``."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("x", "input", "inputs", "image", "images"):
+            if key in batch:
+                return batch[key]
+    raise PFAError(
+        f"Cannot find the model input in a batch of type {type(batch).__name__}; "
+        "batches must be a tensor, a (input, target, ...) sequence, or a dict with key 'x'/'input'/'image'."
+    )
+
+
+__all__ = ["batch_size", "clone_inputs", "first_input", "map_nested", "run_model", "tensors_in"]

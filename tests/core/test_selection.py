@@ -1,0 +1,75 @@
+"""Unit selections as objects: built-ins equal their names, users can pass their own callable."""
+
+from __future__ import annotations
+
+import copy
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import pfa_lightning as pfa
+from pfa_lightning.models import build
+
+
+@pytest.fixture(scope="module")
+def analysed():
+    torch.manual_seed(0)
+    model = build("vgg11", width=0.125, input_size=32)
+    x = torch.randn(96, 3, 32, 32)
+    stats = pfa.collect_responses(model, DataLoader(TensorDataset(x), batch_size=32), progress=False)
+    return model, x[:2], stats
+
+
+@pytest.mark.parametrize("name, selection", [
+    ("abs_max", pfa.AbsMax()), ("l1_max", pfa.L1Max()), ("weight_l1", pfa.WeightL1()), ("random", pfa.Random(seed=0)),
+])
+def test_names_and_objects_give_the_same_recipe(analysed, name, selection):
+    model, x, stats = analysed
+    by_name = pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x, selection=name)
+    by_object = pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x, selection=selection)
+    assert [l.kept_indices for l in by_name] == [l.kept_indices for l in by_object]
+    assert by_object.selection.startswith(name)
+    assert any(l.kept < l.original for l in by_object)
+
+
+def test_a_users_own_selector_is_called_with_spectrum_count_and_weights(analysed):
+    model, x, stats = analysed
+    calls = []
+
+    def keep_last(spectrum, keep, weights):
+        calls.append((spectrum.name, keep, [tuple(w.shape) for w in weights]))
+        assert all(w.shape[0] == spectrum.units for w in weights)
+        return np.arange(spectrum.units - keep, spectrum.units)
+
+    recipe = pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x, selection=keep_last)
+    assert recipe.selection == "keep_last"
+    assert len(calls) == len(recipe.layers)
+    for layer in recipe.layers:
+        assert layer.kept_indices == list(range(layer.original - layer.kept, layer.original))
+    pfa.apply_recipe(copy.deepcopy(model), recipe, example_inputs=x)  # a plain recipe: it applies like any other
+
+
+def test_random_selection_object_is_seeded(analysed):
+    model, x, stats = analysed
+    a, b, c = (pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x, selection=pfa.Random(seed=s))
+               for s in (1, 1, 2))
+    assert a.to_dict() == b.to_dict() != c.to_dict()
+    assert a.selection == "random(seed=1)"
+
+
+@pytest.mark.parametrize("selection, match", [
+    (lambda spectrum, keep, weights: [0] * keep, r"Selection <lambda> returned \[0, 0.*expected \d+ distinct unit"),
+    (lambda spectrum, keep, weights: np.arange(keep) + 10_000, r"expected \d+ distinct unit indices in \[0, \d+\)"),
+    (pfa.Random, r"`selection` must be one of .* or a selection callable"),  # the class, not an instance
+    (3, r"`selection` must be one of \('abs_max', 'l1_max', 'weight_l1', 'random'\).*got 3"),
+])
+def test_bad_selections_are_refused(analysed, selection, match):
+    model, x, stats = analysed
+    with pytest.raises(pfa.PFAError, match=match):
+        pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x, selection=selection)
+
+
+def test_random_seed_must_be_an_integer():
+    with pytest.raises(pfa.PFAError, match=r"`seed` must be an integer, got 0.5"):
+        pfa.Random(seed=0.5)

@@ -1,0 +1,89 @@
+"""The composed configs: presets keep their own values, every group base and option composes, and the
+`pfa` keys are exactly PFACallback's arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from pfa_lightning.experiments.runner import PFA_OPTIONS
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def composed(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+# what each preset says about itself; the primary config (3 + 3 epochs) must not override it
+PRESETS = {
+    "vgg16_cifar10_kl": {"train.epochs": 160, "train.finetune_epochs": 40, "pfa.max_samples": 10000,
+                         "pfa.strategy": "kl", "model.arch": "vgg16", "model.lr": 0.05, "dataset.name": "cifar10"},
+    "resnet56_cifar10": {"train.epochs": 160, "train.finetune_epochs": 40, "pfa.max_samples": 10000,
+                         "model.arch": "resnet56", "model.lr": 0.1, "dataset.name": "cifar10"},
+    "cifar100_subsets": {"train.epochs": 160, "train.finetune_epochs": 40, "pfa.max_samples": 5000,
+                         "dataset.name": "cifar100", "dataset.specialize_from_epoch": 160,
+                         "dataset.specialize_classes": [3, 42, 7, 11, 19, 55, 61, 73, 88, 95], "pfa.compress_at": [160]},
+    "energy_sweep": {"pfa.strategy": "energy", "pfa.threshold": 0.95, "train.epochs": 3},
+}
+
+
+def test_every_preset_is_listed_here():
+    assert sorted(PRESETS) == sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_keep_their_own_values(preset):
+    cfg = composed(f"experiment={preset}")
+    for key, expected in PRESETS[preset].items():
+        value = OmegaConf.select(cfg, key)
+        value = list(value) if OmegaConf.is_list(value) else value  # iterating resolves interpolations
+        assert value == expected, f"experiment={preset}: {key} is {value!r}, the preset says {expected!r}"
+
+
+def test_command_line_overrides_still_win_over_presets():
+    cfg = composed("experiment=vgg16_cifar10_kl", "train.epochs=2")
+    assert cfg.train.epochs == 2 and cfg.pfa.compress_at == [2]
+
+
+def test_pfa_keys_are_the_callbacks_arguments():
+    base = OmegaConf.load(CONF / "pfa" / "default.yaml")
+    assert set(base) == set(PFA_OPTIONS)
+    assert {"keep_scheduler_progress", "verbose", "selection"} <= set(PFA_OPTIONS)
+    assert "dataloader" not in PFA_OPTIONS  # the data module gives the analysis data
+
+
+@pytest.mark.parametrize("group", ["model", "dataset", "pfa"])
+def test_group_bases_hold_the_shared_keys_and_variants_only_their_difference(group):
+    base = set(OmegaConf.load(CONF / group / "default.yaml"))
+    for path in (CONF / group).glob("*.yaml"):
+        raw = OmegaConf.load(path)
+        if path.stem in ("default", "none"):
+            continue
+        parents = list(raw.get("defaults", []))
+        assert parents in (["default"], ["cifar10"]), f"{path.name} does not build on the group base"
+        cfg = composed(f"{group}={path.stem}")[group]
+        assert base <= set(cfg), f"{group}={path.stem} lacks shared keys {base - set(cfg)}"
+
+
+@pytest.mark.parametrize("group, missing", [("pfa", "pfa.strategy"), ("model", "model.arch"),
+                                            ("dataset", "dataset._target_")])
+def test_a_base_alone_is_not_a_choice(group, missing):
+    cfg = composed(f"{group}=default")
+    with pytest.raises(MissingMandatoryValue, match=missing.split(".")[-1]):
+        OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True)
+
+
+def test_selection_objects_come_from_the_config():
+    cfg = composed("pfa=kl", "pfa.selection={_target_:pfa_lightning.Random,seed:4}")
+    import pfa_lightning as pfa
+
+    assert instantiate(cfg.pfa.selection) == pfa.Random(seed=4)
