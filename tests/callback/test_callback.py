@@ -379,3 +379,18 @@ def test_a_compression_epoch_already_passed_on_resume_is_an_error(compressed_run
     trainer = quiet_trainer(max_epochs=4, callbacks=[pfa])
     with pytest.raises(ValueError, match=r"`compress_at` epoch 1 has already passed \(training resumes after epoch 3"):
         trainer.fit(ResidualNet(), *loaders(), ckpt_path=compressed_run.root / "train_end/epoch=2.ckpt")
+
+
+def test_strategy_and_selection_objects_inside_a_fit():
+    import pfa_lightning as pfa
+
+    module = ResidualNet()
+    full = count_params(module)
+    train, val = loaders()
+    callback = PFACallback(pfa.Footprint(0.6), selection=pfa.L1Max(), compress_at=[1], max_samples=64, verbose=False)
+    quiet_trainer(max_epochs=2, callbacks=[callback]).fit(module, train, val)
+    assert count_params(module) <= 0.6 * full
+    assert callback.recipes[0].strategy == {"name": "footprint", "ratio": 0.6, "metric": "params"}
+    assert callback.recipes[0].selection == "l1_max"
+    with pytest.raises(pfa.PFAError, match=r"Options \['ratio'\] only apply to a strategy given by name"):
+        PFACallback(pfa.KL(), ratio=0.5, compress_at=[1])
