@@ -231,7 +231,7 @@ def make_recipe(
                 )
         members = [stats[p].select(space.index_map[p]) for p in space.producers]
         spectrum = Spectrum(space.root, pooled_covariance(members), min(s.num_samples for s in members))
-        small = [stats[p] for p in space.producers if stats[p].num_samples < space.width]
+        small = [stats[p] for p in space.producers if stats[p].num_samples <= space.width]
         for s in small:
             warn_small(s)
         spectrum.frozen = bool(small)

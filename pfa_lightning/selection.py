@@ -5,10 +5,11 @@ Selections are objects (like strategies): :class:`AbsMax`, :class:`L1Max`, and t
 ``"random"`` resolve to them. Inactive units always go first. Then, until ``k`` units remain:
 
 - ``abs_max`` (the paper's): take the pair with the largest |r|; drop the member whose
-  next-largest |r| to the remaining units is larger (ties: the next coefficient, then the
-  higher index);
-- ``l1_max``: drop the unit with the largest sum of |r| to the remaining units (ties: the
-  larger maximum |r|, then the higher index).
+  next-largest |r| to the remaining units is larger;
+- ``l1_max``: drop the unit with the largest sum of |r| to the remaining units.
+
+Ties (``np.isclose``) are broken exactly as Apple's DNIKit reference does (its quirks included),
+so recipes equal the reference implementation's.
 
 Baselines that ignore the responses, for comparisons at the same widths:
 
@@ -31,69 +32,79 @@ from pfa_lightning.errors import PFAError
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.validation import fail, is_int
 
-_TIE_RTOL = 1e-9
-
-
-def _row_sorted(r: np.ndarray, unit: int, alive: np.ndarray, skip: int) -> np.ndarray:
-    mask = alive.copy()
-    mask[skip] = False
-    mask[unit] = False
-    return np.sort(r[unit, mask])[::-1]
-
-
-def _first_larger(a: np.ndarray, b: np.ndarray) -> int:
-    """+1 if ``a`` is lexicographically larger than ``b`` (beyond float noise), -1 if smaller, 0 if tied."""
-    for x, y in zip(a, b):
-        if abs(x - y) > _TIE_RTOL * max(abs(x), abs(y), 1e-300):
-            return 1 if x > y else -1
-    return 0
+def _close(values: np.ndarray, target: float) -> np.ndarray:
+    """``np.isclose(values, target)`` with NumPy's default tolerances: DNIKit's notion of a tie."""
+    return np.isclose(values, target)
 
 
 def _abs_max_order(r: np.ndarray, n_remove: int) -> list[int]:
-    m = r.shape[0]
+    """Removal order of DNIKit's AbsMax on |r| (NaN diagonal), with its tie-breaking.
+
+    Each step takes the largest coefficient; every cell close to it (``np.isclose``) is tied. Of the
+    rows holding a tied cell, the one whose largest *other* coefficient (its first tied cell masked)
+    is largest goes, the first such row on a tie; as in DNIKit, that position indexes the row-major
+    list of tied cells. Row maxima are cached, so a step costs O(tied rows x units), not O(units^2).
+    """
     r = r.copy()
-    alive = np.ones(m, dtype=bool)
-    row_arg = r.argmax(1)
-    row_max = r[np.arange(m), row_arg]
+    m = r.shape[0]
+    row_max = np.full(m, -np.inf)
+    for i in range(m):
+        row = r[i]
+        if not np.isnan(row).all():
+            row_max[i] = np.nanmax(row)
     order: list[int] = []
     for _ in range(n_remove):
-        i = int(np.argmax(np.where(alive, row_max, -np.inf)))
-        j = int(row_arg[i])
-        a, b = (i, j) if i < j else (j, i)
-        cmp = _first_larger(_row_sorted(r, a, alive, b), _row_sorted(r, b, alive, a))
-        drop = a if cmp > 0 else b  # tie -> the higher index goes
+        top = float(row_max.max())
+        rows = np.flatnonzero(_close(row_max, top))  # only these rows can hold a cell close to the top
+        cells = [(int(i), int(j)) for i in rows for j in np.flatnonzero(_close(r[i], top))]
+        cell_rows = [i for i, _ in cells]  # row-major, with repeats (DNIKit's selected_cels[0])
+        firsts = {}
+        for i, j in cells:
+            firsts.setdefault(i, j)
+        seconds = []
+        for i, j in firsts.items():
+            row = r[i].copy()
+            row[j] = np.nan
+            seconds.append(np.nan if np.isnan(row).all() else float(np.nanmax(row)))
+        seconds = np.array(seconds)
+        if np.isnan(seconds).all():
+            drop = cell_rows[0]
+        else:
+            drop = cell_rows[int(np.flatnonzero(_close(seconds, float(np.nanmax(seconds))))[0])]
         order.append(drop)
-        alive[drop] = False
-        r[drop, :] = -1.0
-        r[:, drop] = -1.0
+        column = r[:, drop].copy()
+        r[drop, :] = np.nan
+        r[:, drop] = np.nan
         row_max[drop] = -np.inf
-        stale = np.flatnonzero(alive & (row_arg == drop))
-        if stale.size:
-            row_arg[stale] = r[stale].argmax(1)
-            row_max[stale] = r[stale, row_arg[stale]]
+        for i in np.flatnonzero(column == row_max):  # rows whose maximum was the removed unit
+            row_max[i] = -np.inf if np.isnan(r[i]).all() else np.nanmax(r[i])
     return order
 
 
 def _l1_max_order(r: np.ndarray, n_remove: int) -> list[int]:
-    m = r.shape[0]
-    r = np.where(r < 0, 0.0, r)  # diagonal contributes nothing
-    alive = np.ones(m, dtype=bool)
-    l1 = r.sum(1)
+    """Removal order of DNIKit's L1Max on |r| (NaN diagonal), with its tie-breaking.
+
+    Each step drops the unit with the largest sum of |r| to the remaining units. On a tie
+    (``np.isclose``), DNIKit takes the largest coefficient in the tied columns and drops the first
+    *row* holding it (its partner unit, which need not be one of the tied ones); kept here as is.
+    """
+    r = np.nan_to_num(r, nan=0.0)
+    alive = np.ones(r.shape[0], dtype=bool)
+    l1 = r.sum(0)
     order: list[int] = []
     for _ in range(n_remove):
-        scores = np.where(alive, l1, -np.inf)
-        top = scores.max()
-        tied = np.flatnonzero(alive & (np.abs(scores - top) <= _TIE_RTOL * max(abs(top), 1e-300)))
+        scores = np.where(alive, l1, np.nan)
+        tied = np.flatnonzero(_close(scores, float(np.nanmax(scores))))
         if tied.size > 1:
-            peak = np.array([r[t, alive].max() for t in tied])
-            best = tied[np.abs(peak - peak.max()) <= _TIE_RTOL]
-            drop = int(best.max())
+            block = np.where(alive[:, None], r[:, tied], np.nan)
+            drop = int(np.argwhere(_close(block, float(np.nanmax(block))))[0, 0])
         else:
             drop = int(tied[0])
         order.append(drop)
         alive[drop] = False
         l1 -= r[:, drop]
         r[:, drop] = 0.0
+        r[drop, :] = 0.0
     return order
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pfa_lightning.errors import PFAError
+
+_CORRELATION_EPS = 1e-8  # DNIKit's floor on the normaliser of a correlation coefficient
 INACTIVE_RTOL = 1e-9  # a unit is inactive when its variance is below this fraction of the layer's largest
 
 
@@ -22,6 +25,9 @@ class Spectrum:
 
     def __post_init__(self) -> None:
         cov = np.asarray(self.covariance, dtype=np.float64)
+        if not np.isfinite(cov).all():
+            raise PFAError(f"The response covariance of {self.name!r} holds NaN or Inf values: check the model's "
+                           "weights and inputs (and that the statistics were summed, not averaged, across ranks).")
         self.covariance = cov
         if self.eigenvalues is None:
             eig = np.linalg.eigvalsh(cov)[::-1]
@@ -41,12 +47,14 @@ class Spectrum:
         return np.cumsum(self.eigenvalues) / total
 
     def abs_correlation(self, active: np.ndarray) -> np.ndarray:
-        """|Pearson r| between the ``active`` units, diagonal set to -1 (never the maximum)."""
+        """|Pearson r| between the ``active`` units, NaN on the diagonal (never a candidate pair).
+
+        Computed as DNIKit does (``|C_ij| / max(sqrt(C_ii C_jj), 1e-8)``), so that ties fall alike.
+        """
         cov = self.covariance[np.ix_(active, active)]
-        std = np.sqrt(np.diag(cov))
-        r = np.abs(cov / np.outer(std, std))
-        np.clip(r, 0.0, 1.0, out=r)
-        np.fill_diagonal(r, -1.0)
+        var = np.abs(np.diag(cov))
+        r = np.abs(cov / np.maximum(np.sqrt(var[:, None] * var[None, :]), _CORRELATION_EPS))
+        np.fill_diagonal(r, np.nan)
         return r
 
 

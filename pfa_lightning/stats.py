@@ -303,7 +303,10 @@ def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device
 
 
 def warn_small(stats: LayerStats) -> None:
-    """Warn that a layer has fewer samples than units: its covariance is rank-deficient."""
+    """Warn that a layer has no more samples than units: its covariance is rank-deficient.
+
+    (DNIKit analyses a layer with exactly as many samples as units; ``n`` samples give a covariance
+    of rank at most ``n - 1``, so here such a layer is kept whole too.)"""
     warnings.warn(
         f"Layer {stats.name!r} has {stats.num_samples} response samples for {stats.units} units; "
         "its covariance is rank-deficient, so it is left uncompressed. Collect more samples "
