@@ -7,7 +7,8 @@ plots under ``benchmarks/results/``:
     python benchmarks/run_all.py --model resnet56 --width 1 --dataset cifar10 --epochs 30 --finetune-epochs 10
 
 Sections:
-- quality: full model; PFA-KL; PFA-Energy at 3 thresholds; at PFA-KL's widths: random and
+- the budget sweep (``benchmarks/budget_sweep.py``, run separately: ~1 h), rendered from its saved results;
+- quality at PFA-KL's footprint: full model; PFA-KL; PFA-Energy at 3 thresholds; at PFA-KL's widths: random and
   weight_l1 selection; uniform width scaling at PFA-KL's parameter count; PFA-KL's architecture
   trained from scratch; PFA-KL with least-squares compensation. Every arm gets the same training
   budget (epochs + finetune-epochs).
@@ -388,6 +389,13 @@ def reading(data: dict) -> list[str]:
     return out
 
 
+def budget_section() -> list[str]:
+    """The budget sweep's section (``benchmarks/budget_sweep.py``), when its results exist."""
+    from budget_sweep import RAW, section
+
+    return section(json.loads(RAW.read_text())) if RAW.exists() else []
+
+
 def report(data: dict) -> str:
     args, arms, speed_rows, iter_rows = data["args"], data["arms"], data, data["iterative"]
     lines = [
@@ -396,7 +404,8 @@ def report(data: dict) -> str:
         f"Model {args['model']} (width x{args['width']:g}) on {args['dataset']}; {args['seeds']} seeds; every arm trains "
         f"{args['epochs']} + {args['finetune_epochs']} epochs (SGD, cosine); PFA analysis on at most {args['max_samples']} "
         "training samples. Numbers are measured on this machine, not quoted from the paper.", "",
-        "## Quality (accuracy in %, mean ± std over seeds)", "",
+        *budget_section(),
+        "## Quality at PFA-KL's own footprint (accuracy in %, mean ± std over seeds)", "",
         "| arm | params % | FLOPs % | accuracy right after surgery | final accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]

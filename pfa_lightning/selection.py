@@ -161,6 +161,39 @@ class L1Max(_Correlation):
 
 
 @dataclass(frozen=True)
+class MaxEnergy(Selection):
+    """Keep the units whose responses carry the most of the space's energy, greedily.
+
+    Pivoted Cholesky on the response covariance: repeatedly keep the unit with the largest variance
+    left unexplained by the units already kept (its residual after regressing on them). A unit
+    correlated with a kept one has little left and goes; so does a near-silent one, which
+    correlation-based selections (AbsMax, L1Max) cannot tell from an informative unit. Inactive
+    units go first, as in the other selections; ties keep the lower index.
+    """
+
+    name: ClassVar[str] = "max_energy"
+
+    def __call__(self, spectrum: Spectrum, keep: int, weights: Sequence[Tensor]) -> np.ndarray:
+        cov = spectrum.covariance
+        residual = np.clip(np.diag(cov).copy(), 0.0, None)
+        residual[np.asarray(spectrum.inactive, dtype=int)] = -1.0
+        basis: list[np.ndarray] = []
+        kept: list[int] = []
+        for _ in range(keep):
+            unit = int(np.argmax(residual))  # first maximum: ties keep the lower index
+            kept.append(unit)
+            if residual[unit] <= 0:
+                residual[unit] = -np.inf
+                continue
+            column = cov[:, unit] - sum(b * b[unit] for b in basis)
+            column = column / np.sqrt(residual[unit])
+            basis.append(column)
+            residual = np.where(np.isfinite(residual) & (residual >= 0), residual - column ** 2, residual)
+            residual[kept] = -np.inf
+        return np.sort(np.array(kept, dtype=int))
+
+
+@dataclass(frozen=True)
 class WeightL1(Selection):
     """Baseline (Li et al. 2017): keep the units whose filters have the largest L1 norm, summed over
     the layers that share the space; ties keep the lower index. Ignores the responses."""
@@ -191,7 +224,7 @@ class Random(Selection):
         return np.sort(rng.choice(spectrum.units, size=keep, replace=False))
 
 
-SELECTIONS: dict[str, type[Selection]] = {cls.name: cls for cls in (AbsMax, L1Max, WeightL1, Random)}
+SELECTIONS: dict[str, type[Selection]] = {cls.name: cls for cls in (AbsMax, L1Max, MaxEnergy, WeightL1, Random)}
 SelectionLike = Union[str, Selection, Callable[[Spectrum, int, Sequence[Tensor]], np.ndarray]]
 
 
@@ -227,5 +260,5 @@ def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "abs_
     return np.sort(kept)
 
 
-__all__ = ["AbsMax", "L1Max", "Random", "SELECTIONS", "Selection", "WeightL1", "resolve_selection", "select_units",
+__all__ = ["AbsMax", "L1Max", "MaxEnergy", "Random", "SELECTIONS", "Selection", "WeightL1", "resolve_selection", "select_units",
            "selection_name"]

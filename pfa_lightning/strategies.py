@@ -58,6 +58,29 @@ def kl_divergence(eigenvalues: np.ndarray) -> float:
     return float(np.sum(p * np.log(p * m)))
 
 
+def kl_keep_ratio(spectrum: Spectrum) -> tuple[float, float]:
+    """(KL divergence of the spectrum from uniform, PFA-KL's fraction of units to keep ``1 - KL / log m``)."""
+    m = spectrum.units
+    if m == 1:
+        return 0.0, 1.0
+    if spectrum.eigenvalues.sum() <= 0:
+        return math.log(m), 0.0  # every unit inactive
+    kl = kl_divergence(spectrum.eigenvalues)
+    return kl, 1.0 - kl / math.log(m)
+
+
+def largest_fitting(candidates: np.ndarray, fits: Callable[[float], bool]) -> int:
+    """Index of the largest candidate (ascending) that ``fits``, by bisection; ``fits`` must be monotone
+    and hold for ``candidates[0]``."""
+    lo, hi = 0, len(candidates) - 1
+    if fits(float(candidates[hi])):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(float(candidates[mid])) else (lo, mid)
+    return lo
+
+
 def energy_count(fractions: np.ndarray, threshold: float) -> int:
     """Smallest k whose first k eigenvalues hold at least ``threshold`` of the energy."""
     k = int(np.searchsorted(fractions, threshold - _ENERGY_GUARD, side="left")) + 1
@@ -77,16 +100,9 @@ class KL(Strategy):
     def decide(self, spectra, clamp, probe) -> Decision:
         counts, diags = [], []
         for sp in spectra:
-            m = sp.units
-            if m == 1:
-                kl, ratio = 0.0, 1.0
-            elif sp.eigenvalues.sum() <= 0:
-                kl, ratio = math.log(m), 0.0  # every unit inactive
-            else:
-                kl = kl_divergence(sp.eigenvalues)
-                ratio = 1.0 - kl / math.log(m)
-            counts.append(clamp(math.ceil(m * ratio - _CEIL_GUARD), sp))
-            diags.append({"kl": kl, "kl_max": math.log(m) if m > 1 else 0.0, "units_ratio": ratio})
+            kl, ratio = kl_keep_ratio(sp)
+            counts.append(clamp(math.ceil(sp.units * ratio - _CEIL_GUARD), sp))
+            diags.append({"kl": kl, "kl_max": math.log(sp.units) if sp.units > 1 else 0.0, "units_ratio": ratio})
         return Decision(counts, diags, {})
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,20 +136,34 @@ class Energy(Strategy):
         return {"name": self.name, "threshold": self.threshold}
 
 
+ALLOCATIONS = ("kl", "energy", "uniform")
+
+
 @dataclass(frozen=True)
 class Footprint(Strategy):
-    """Meet a footprint target: the largest common energy threshold whose network has at most
-    ``ratio`` times the current number of parameters (``metric="params"``) or FLOPs (``"flops"``).
+    """Meet a footprint target: the largest network with at most ``ratio`` times the current number
+    of parameters (``metric="params"``) or FLOPs (``"flops"``), widths shaped by ``allocation``:
 
-    The threshold is searched by bisection over the spectra's breakpoints, measuring each
-    candidate on the network that would really result.
+    - ``"kl"`` (default): PFA-KL's per-layer keep fractions, scaled by one common factor (capped at
+      the full width): layers keep what their spectra say relative to each other, and no layer is
+      starved by another's concentrated spectrum;
+    - ``"energy"``: the paper's common spectral-energy threshold (every layer keeps the same
+      fraction of its energy);
+    - ``"uniform"``: every layer the same fraction of its units (the width-scaling baseline, for
+      any metric).
+
+    The common factor (or threshold) is found by bisection over its breakpoints, measuring each
+    candidate on the network that would really result (consumers' input channels, BatchNorm,
+    flatten -> Linear included): the result is at most the target and as close as the breakpoints allow.
 
     Example:
         >>> Footprint(0.25, metric="flops")
+        >>> Footprint(0.25, allocation="energy")   # the paper's allocation
     """
 
     ratio: float = 0.5
     metric: str = "params"
+    allocation: str = "kl"
     name: ClassVar[str] = "footprint"
 
     @property
@@ -143,46 +173,54 @@ class Footprint(Strategy):
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
         check_choice("metric", self.metric, METRICS)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+
+    def _family(self, spectra: Sequence[Spectrum], clamp: Callable[[int, Spectrum], int]
+                ) -> tuple[np.ndarray, Callable[[float], list[int]]]:
+        """Ascending candidate values of the allocation's one parameter, and the widths at a value."""
+        if self.allocation == "energy":
+            fractions = [sp.energy_fractions() for sp in spectra]
+            return (np.unique(np.concatenate(fractions + [np.array([1.0])])),
+                    lambda tau: [clamp(energy_count(fr, tau), sp) for fr, sp in zip(fractions, spectra)])
+        shares = [kl_keep_ratio(sp)[1] if self.allocation == "kl" else 1.0 for sp in spectra]
+        # scale s keeps ceil(m * min(1, s * share)) units: it changes where s * share * m crosses an integer
+        candidates = np.unique([k / (sp.units * share) for sp, share in zip(spectra, shares) if share > 0
+                                for k in range(1, sp.units + 1)] + [1e-12])
+
+        def counts(scale: float) -> list[int]:
+            return [clamp(math.ceil(sp.units * min(1.0, scale * share) - _CEIL_GUARD), sp)
+                    for sp, share in zip(spectra, shares)]
+
+        return candidates, counts
 
     def decide(self, spectra, clamp, probe) -> Decision:
         assert probe is not None, "Footprint needs a footprint probe"
-        fractions = [sp.energy_fractions() for sp in spectra]
-
-        def counts_at(tau: float) -> list[int]:
-            return [clamp(energy_count(fr, tau), sp) for fr, sp in zip(fractions, spectra)]
+        candidates, counts_at = self._family(spectra, clamp)
 
         def size(counts: list[int]) -> int:
             return probe({sp.name: k for sp, k in zip(spectra, counts)})
 
         full = probe({})
         target = self.ratio * full
-        taus = np.unique(np.concatenate(fractions + [np.array([1.0])]))
-        smallest = counts_at(float(taus[0]))
-        if size(smallest) > target:
+        smallest = size(counts_at(float(candidates[0])))
+        if smallest > target:
             raise PFAError(
                 f"Footprint ratio {self.ratio:g} ({self.metric}) is out of reach: the smallest network this "
-                f"strategy can produce (every layer at its floor) has ratio {size(smallest) / full:.4f}. "
+                f"strategy can produce (every layer at its floor) has ratio {smallest / full:.4f}. "
                 "Use a larger ratio or a smaller `min_units`."
             )
-        lo, hi = 0, len(taus) - 1  # invariant: taus[lo] fits
-        if size(counts_at(float(taus[hi]))) <= target:
-            lo = hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if size(counts_at(float(taus[mid]))) <= target:
-                lo = mid
-            else:
-                hi = mid
-        tau = float(taus[lo])
-        counts = counts_at(tau)
+        value = float(candidates[largest_fitting(candidates, lambda v: size(counts_at(v)) <= target)])
+        counts = counts_at(value)
         achieved = size(counts)
-        diags = [{"energy_kept": float(fr[k - 1])} for fr, k in zip(fractions, counts)]
-        summary = {"threshold": tau, "metric": self.metric, "full": full, "target": target,
-                   "achieved": achieved, "achieved_ratio": achieved / full}
+        diags = [{"energy_kept": float(sp.energy_fractions()[k - 1]), "units_ratio": k / sp.units}
+                 for sp, k in zip(spectra, counts)]
+        summary = {"allocation": self.allocation, "threshold" if self.allocation == "energy" else "scale": value,
+                   "metric": self.metric, "full": full, "target": target, "achieved": achieved,
+                   "achieved_ratio": achieved / full}
         return Decision(counts, diags, summary)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ratio": self.ratio, "metric": self.metric}
+        return {"name": self.name, "ratio": self.ratio, "metric": self.metric, "allocation": self.allocation}
 
 
 @dataclass(frozen=True)
@@ -228,14 +266,8 @@ class Uniform(Strategy):
             candidates = np.unique([k / sp.units for sp in spectra for k in range(1, sp.units + 1)])
             if size(float(candidates[0])) > self.params:
                 raise PFAError(f"Uniform(params={self.params}) is out of reach: the smallest uniform network has "
-                                 f"{size(float(candidates[0]))} parameters.")
-            lo, hi = 0, len(candidates) - 1
-            if size(float(candidates[hi])) <= self.params:
-                lo = hi
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if size(float(candidates[mid])) <= self.params else (lo, mid)
-            ratio = float(candidates[lo])
+                               f"{size(float(candidates[0]))} parameters.")
+            ratio = float(candidates[largest_fitting(candidates, lambda r: size(r) <= self.params)])
             summary = {"ratio": ratio, "target_params": self.params, "achieved_params": size(ratio)}
         counts = counts_at(ratio)
         return Decision(counts, [{"units_ratio": k / sp.units} for k, sp in zip(counts, spectra)], summary)

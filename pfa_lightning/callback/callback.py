@@ -10,29 +10,32 @@ the network itself may be the module or one of its attributes.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from pfa_lightning.callback.checks import check_module, check_trainer
 from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, already_applied, input_spec,
                                                restore_architecture)
-from pfa_lightning.callback.data import Converted, peek, shard, single_loader
+from pfa_lightning.callback.data import Converted, peek, shard, single_loader, without_augmentation
+from pfa_lightning.callback.distill import Distillation, Teacher
 from pfa_lightning.callback.distributed import all_reduce, check_same_decision, rewrap_ddp, sync_buffers
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
+from pfa_lightning.callback.report import compression_metrics, print_compression
 from pfa_lightning.errors import PFAError
-from pfa_lightning.footprint import FootprintProbe, count_flops, count_params
-from pfa_lightning.graph import ModelGraph, analysable_layers, evaluating
+from pfa_lightning.footprint import count_flops, count_params
+from pfa_lightning.graph import evaluating
 from pfa_lightning.nested import clone_inputs, first_input, run_model
+from pfa_lightning.recalibration import batchnorm_layers, recalibrate_batchnorm
 from pfa_lightning.recipe import COUPLED_MODES, Recipe, check_min_units, make_recipe
 from pfa_lightning.selection import SelectionLike, resolve_selection
 from pfa_lightning.stats import POOLINGS, ResponseStats, check_max_samples, collect_responses, model_device
-from pfa_lightning.strategies import Footprint, Strategy, resolve_strategy
+from pfa_lightning.strategies import Strategy, resolve_strategy
 from pfa_lightning.surgery import apply_recipe
 from pfa_lightning.validation import check_bool, check_choice, check_epochs, check_patterns, fail
 
@@ -64,7 +67,8 @@ class PFACallback(Callback):
         strategy: ``"kl"``, ``"energy"``, ``"footprint"`` or a :class:`~pfa_lightning.Strategy`.
         compress_at: epoch(s) after which to compress (1-based: 1 = after the first epoch).
         threshold: energy kept, for ``"energy"``.
-        ratio, metric: footprint target (``ratio`` of ``"params"`` or ``"flops"``), for ``"footprint"``.
+        ratio, metric, allocation: footprint target (``ratio`` of ``"params"`` or ``"flops"``) and how
+            it is spread over the layers (``"kl"``, ``"energy"``, ``"uniform"``), for ``"footprint"``.
         selection: which units to keep: ``"abs_max"`` (the paper's), ``"l1_max"``, the baselines
             ``"weight_l1"`` / ``"random"``, or a selection object (``pfa.Random(seed=1)``, your own callable).
         dataloader: analysis data (e.g. a target domain); default: the train dataloader's dataset.
@@ -78,6 +82,13 @@ class PFACallback(Callback):
             per-parameter state (SGD momentum, Adam moments) over, sliced to the kept units.
         compensate: fold each removed unit into the kept units of its consumers by least squares
             (where the path is linear; see :mod:`pfa_lightning.compensation`). Off by default.
+        recalibrate: recompute the BatchNorm running statistics on the analysis data right after each
+            surgery (averaged over ranks), so the cut network starts fine-tuning with statistics of
+            its own. On by default.
+        distill: knowledge distillation during fine-tuning from a frozen copy of the network taken
+            right before the surgery (freed when training ends): ``True``, or
+            ``{"temperature": 4.0, "weight": 0.5}``, or a :class:`Distillation`. The module must
+            return logits and use automatic optimization; a resumed fit goes on without the teacher.
         validate_after: measure accuracy right before and after each surgery (and at the end of
             training) on the validation data, or the analysis data when there is none.
         keep_scheduler_progress: restore the LR schedulers' state and the current learning rates
@@ -96,6 +107,7 @@ class PFACallback(Callback):
         threshold: float | None = None,
         ratio: float | None = None,
         metric: str | None = None,
+        allocation: str | None = None,
         selection: SelectionLike = "abs_max",
         dataloader: Iterable | None = None,
         max_samples: int | None = 2000,
@@ -106,11 +118,14 @@ class PFACallback(Callback):
         coupled: str = "joint",
         optimizer_state: str = "reset",
         compensate: bool = False,
+        recalibrate: bool = True,
+        distill: bool | Mapping[str, float] | Distillation | None = None,
         validate_after: bool = True,
         keep_scheduler_progress: bool = True,
         verbose: bool = True,
     ) -> None:
-        self.strategy = resolve_strategy(strategy, threshold=threshold, ratio=ratio, metric=metric)
+        self.strategy = resolve_strategy(strategy, threshold=threshold, ratio=ratio, metric=metric,
+                                         allocation=allocation)
         self.compress_at = check_epochs("compress_at", compress_at, 1, " (1-based: 1 compresses after the first epoch)")
         self.selection = resolve_selection(selection)
         if dataloader is not None and not isinstance(dataloader, Iterable):
@@ -124,10 +139,14 @@ class PFACallback(Callback):
         self.coupled = check_choice("coupled", coupled, COUPLED_MODES)
         self.optimizer_state = check_choice("optimizer_state", optimizer_state, OPTIMIZER_STATES)
         self.compensate = check_bool("compensate", compensate)
+        self.recalibrate = check_bool("recalibrate", recalibrate)
+        self.distill = Distillation.resolve(distill)
+        self._teacher: Teacher | None = None
         self.validate_after = check_bool("validate_after", validate_after)
         self.keep_scheduler_progress = check_bool("keep_scheduler_progress", keep_scheduler_progress)
         self.verbose = check_bool("verbose", verbose)
         self.history: list[dict[str, Any]] = []  # one plain dict per compression done, oldest first
+        self.analysis_data = ""  # what the latest analysis read, in words
         self._example_spec: Any = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
 
@@ -143,33 +162,8 @@ class PFACallback(Callback):
     # -- setup: checks that need the trainer, and the restore hook ---------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._check_trainer(trainer)
+            check_trainer(trainer, self.compress_at, self.max_samples, type(self))
         self._install_restore_hook(pl_module)
-
-    def _check_trainer(self, trainer: pl.Trainer) -> None:
-        strategy = trainer.strategy
-        if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
-            raise PFAError(
-                f"PFACallback supports single-device and DDP strategies, got {type(strategy).__name__}: FSDP, "
-                "DeepSpeed and model-parallel strategies shard or wrap parameters, so layer surgery is refused."
-            )
-        if sum(isinstance(c, PFACallback) for c in trainer.callbacks) > 1:
-            raise PFAError("Use only one PFACallback per Trainer; list all its epochs in `compress_at`.")
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0:
-            late = [e for e in self.compress_at if e > max_epochs]
-            if late:
-                raise PFAError(
-                    f"`compress_at` epoch {late[0]} is beyond `max_epochs={max_epochs}`: that compression would "
-                    f"never happen. Use epochs in [1, {max_epochs}]."
-                )
-            if self.compress_at[-1] == max_epochs:
-                rank_zero_warn(f"PFACallback compresses after the last epoch ({max_epochs}): no fine-tuning follows.")
-        if self.max_samples is not None and self.max_samples < 2 * trainer.world_size:
-            raise PFAError(
-                f"`max_samples={self.max_samples}` is too small for {trainer.world_size} processes: "
-                f"every rank needs at least 2 samples (use >= {2 * trainer.world_size})."
-            )
 
     def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
         """Make the module rebuild the compressed architecture before a checkpoint's weights load.
@@ -202,6 +196,7 @@ class PFACallback(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_restore_hook()
+        self._release_teacher()
 
     # -- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -240,7 +235,8 @@ class PFACallback(Callback):
             return
         inputs = self._example_inputs(trainer, pl_module)
         self._example_spec = self._example_spec or input_spec(inputs)
-        self._check_module(pl_module, inputs)
+        check_module(pl_module, inputs, self.strategy, layers=self.layers, exclude=self.exclude,
+                     min_units=self.min_units, coupled=self.coupled)
 
     def _module_is_compressed(self, pl_module: pl.LightningModule) -> bool:
         """Whether the module has the widths the latest recorded compression produced."""
@@ -249,40 +245,13 @@ class PFACallback(Callback):
         except PFAError:
             return False
 
-    def _check_module(self, pl_module: pl.LightningModule, inputs: Any) -> None:
-        try:
-            graph = ModelGraph(pl_module, inputs)
-        except NotImplementedError as err:
-            raise PFAError(
-                f"PFACallback runs {type(pl_module).__name__}(inputs) on a batch's model input, but its "
-                f"`forward` is not implemented ({err}). Define `forward` to run the network."
-            ) from None
-        _, chosen = analysable_layers(pl_module, graph, self.layers, self.exclude, verb="compress")
-        self._check_reachable(pl_module, graph, chosen, inputs)
-
-    def _check_reachable(self, pl_module: pl.LightningModule, graph: ModelGraph, chosen: set[str], inputs: Any) -> None:
-        """Refuse a footprint target that even every layer at ``min_units`` cannot meet, before training."""
-        metric = self.strategy.probe_metric
-        target = getattr(self.strategy, "ratio", None) if isinstance(self.strategy, Footprint) else None
-        if metric is None or target is None:
-            return
-        probe = FootprintProbe(pl_module, inputs, metric)
-        floor = probe({s.root: min(self.min_units, s.width) for s in graph.spaces
-                       if not s.reaches_output and set(s.producers) <= chosen
-                       and not (self.coupled == "skip" and s.coupled)})
-        if floor > target * probe.full:
-            raise PFAError(
-                f"Footprint ratio {target:g} ({metric}) is out of reach for {type(pl_module).__name__}: even with every "
-                f"analysed layer at min_units={self.min_units} the network keeps {floor / probe.full:.4f} of its "
-                f"{metric}. Use a larger ratio, a smaller `min_units`, or analyse more layers."
-            )
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch in self.compress_at and epoch not in self.done_epochs:
             self.compress(trainer, pl_module, epoch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release_teacher()
         if self.validate_after and self.history:
             accuracy = self._evaluate(trainer, pl_module)
             if accuracy is not None:
@@ -303,7 +272,14 @@ class PFACallback(Callback):
         old_optimizers = list(trainer.optimizers)
         old_schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
 
-        apply_recipe(pl_module, recipe, example_inputs=inputs, compensate_with=stats if self.compensate else None)
+        if self.distill is not None:
+            self._release_teacher()
+            self._teacher = Teacher(pl_module, self.distill)  # the network as it is before this surgery
+        try:
+            apply_recipe(pl_module, recipe, example_inputs=inputs, compensate_with=stats if self.compensate else None)
+        except BaseException:
+            self._release_teacher()  # the module is untouched: no teacher either
+            raise
         rewrap_ddp(trainer, pl_module)
         trainer.strategy.setup_optimizers(trainer)
         carry_over(trainer, old_optimizers, old_schedulers, old_params, dict(pl_module.named_parameters()), kept,
@@ -312,16 +288,45 @@ class PFACallback(Callback):
             module.training = flag
 
         after = self._footprint(pl_module, inputs)
-        acc_after = self._evaluate(trainer, pl_module) if self.validate_after else None
+        self.on_surgery(trainer, pl_module, recipe)
+        acc_cut = self._evaluate(trainer, pl_module) if self.validate_after else None
+        recalibrated = self.recalibrate and self._recalibrate(trainer, pl_module)
+        acc_after = self._evaluate(trainer, pl_module) if self.validate_after and recalibrated else acc_cut
         self._example_spec = self._example_spec or input_spec(inputs)
         self.history.append({
             "epoch": epoch, "global_step": int(trainer.global_step), "recipe": recipe.to_dict(),
             "params_before": before["params"], "params_after": after["params"],
             "flops_before": before["flops"], "flops_after": after["flops"],
-            "acc_before": acc_before, "acc_after": acc_after,
+            "acc_before": acc_before, "acc_cut": acc_cut, "acc_after": acc_after, "recalibrated": recalibrated,
         })
-        self._report(trainer, recipe, self.history[-1])
+        metrics = compression_metrics(self.history[-1], recipe, len(self.history))
+        self.log_metrics(trainer, metrics)
+        if self.verbose and trainer.is_global_zero:
+            print_compression(self.history[-1], recipe, len(self.history), metrics)
         return recipe
+
+    def on_surgery(self, trainer: pl.Trainer, pl_module: pl.LightningModule, recipe: Recipe) -> None:
+        """Called right after each surgery (optimizers rebuilt), before BatchNorm recalibration; override
+        to inspect the cut network. Does nothing by default."""
+
+    def _recalibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Fresh BatchNorm statistics on the analysis data, averaged over ranks; False if there is no BatchNorm."""
+        data, limit = self._analysis_data(trainer)
+        with trainer.precision_plugin.forward_context():
+            seen = recalibrate_batchnorm(pl_module, Converted(data, trainer.precision_plugin.convert_input),
+                                         max_samples=limit)
+        if not seen:
+            return False
+        buffers = [b for m in batchnorm_layers(pl_module) for b in (m.running_mean, m.running_var) if b is not None]
+        all_reduce(trainer, buffers)
+        for b in buffers:
+            b.div_(trainer.world_size)  # equal shards (to one sample): the mean of the ranks' statistics
+        return True
+
+    def _release_teacher(self) -> None:
+        if self._teacher is not None:
+            self._teacher.release()
+            self._teacher = None
 
     def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> tuple[Recipe, ResponseStats]:
         """Statistics summed over ranks, then the same recipe on every rank (verified)."""
@@ -334,6 +339,8 @@ class PFACallback(Callback):
                 description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate,
             )
         all_reduce(trainer, stats.tensors())
+        if self.verbose:
+            rank_zero_info(f"PFA analysed {int(stats.layers[next(iter(stats))].count)} samples of {self.analysis_data}.")
         self.on_statistics(trainer, pl_module, stats)
         recipe = make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
                              min_units=self.min_units, coupled=self.coupled)
@@ -347,11 +354,12 @@ class PFACallback(Callback):
     # -- data --------------------------------------------------------------------------------------
     def _analysis_data(self, trainer: pl.Trainer) -> tuple[Iterable, int | None]:
         """This rank's share of the analysis data (unconverted batches) and its sample limit."""
-        loader = self.dataloader
+        loader, self.analysis_data = self.dataloader, "the `dataloader` given to PFACallback"
         if loader is None:
             loader = single_loader(trainer.train_dataloader, "train")
             if loader is None:
                 raise PFAError("PFACallback found no train dataloader to analyse; pass `dataloader=`.")
+            loader, self.analysis_data = without_augmentation(loader)
         return shard(loader, trainer.global_rank, trainer.world_size, self.max_samples, min_per_rank=2)
 
     def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
@@ -419,29 +427,5 @@ class PFACallback(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 
-    def _report(self, trainer: pl.Trainer, recipe: Recipe, entry: dict[str, Any]) -> None:
-        """Metrics to every logger; with ``verbose``, the recipe table and a summary line on the console."""
-        metrics: dict[str, float] = {"pfa/compressions": len(self.history)}
-        for metric in ("params", "flops"):
-            before, after = entry[f"{metric}_before"], entry[f"{metric}_after"]
-            metrics.update({f"pfa/{metric}_before": before, f"pfa/{metric}_after": after,
-                            f"pfa/{metric}_ratio": after / before if before else 1.0})
-        metrics.update({f"pfa/acc_{when}": entry[f"acc_{when}"] for when in ("before", "after")
-                        if entry[f"acc_{when}"] is not None})
-        metrics.update({f"pfa/kept_units/{layer.name}": layer.kept for layer in recipe.layers})
-        self.log_metrics(trainer, metrics)
-        if not (self.verbose and trainer.is_global_zero):
-            return
-        from rich.console import Console
-
-        Console().print(recipe.table(title=f"PFA compression {len(self.history)} after epoch {entry['epoch']}"))
-        accuracy = ""
-        if "pfa/acc_before" in metrics and "pfa/acc_after" in metrics:
-            accuracy = f", validation accuracy {metrics['pfa/acc_before']:.4f} -> {metrics['pfa/acc_after']:.4f}"
-        rank_zero_info(
-            f"PFA after epoch {entry['epoch']}: params {entry['params_before']:,} -> {entry['params_after']:,} "
-            f"({metrics['pfa/params_ratio']:.1%}), FLOPs {entry['flops_before']:,} -> {entry['flops_after']:,} "
-            f"({metrics['pfa/flops_ratio']:.1%}){accuracy}."
-        )
 
 __all__ = ["PFACallback"]

@@ -1,7 +1,9 @@
-"""The callback's analysis data: this rank's exact share of a loader, and its first batch."""
+"""The callback's analysis data: the training set without random augmentation, this rank's exact
+share of it, and its first batch."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from typing import Any, Iterable, Iterator
@@ -13,6 +15,41 @@ from pfa_lightning.errors import PFAError
 
 ANALYSIS_SEED = 0  # the analysis subset is the same on every rank and every run
 DEFAULT_BATCH_SIZE = 64
+
+
+# torchvision transforms (v1 and v2) that draw random numbers; any class named Random* counts too
+_RANDOM_TRANSFORMS = {"ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "GaussianBlur",
+                      "ElasticTransform", "ScaleJitter", "RandomShortestSize", "RandomChoice", "RandomOrder"}
+
+
+def _is_random(transform: Any) -> bool:
+    name = type(transform).__name__
+    return name.startswith("Random") or name in _RANDOM_TRANSFORMS
+
+
+def without_augmentation(loader: Any) -> tuple[Any, str]:
+    """``loader`` over the same samples with the random transforms of a torchvision-style ``Compose``
+    removed (the dataset, or the one under ``Subset``s, is copied, not changed), and a description of
+    the data for the log. Anything else is returned as it is."""
+    dataset = getattr(loader, "dataset", None)
+    chain, base = [], dataset
+    while isinstance(base, Subset):
+        chain.append(base)
+        base = base.dataset
+    transform = getattr(base, "transform", None)
+    steps = getattr(transform, "transforms", None)
+    name = type(base).__name__
+    if not isinstance(loader, DataLoader) or not isinstance(steps, list) or not any(map(_is_random, steps)):
+        augmented = transform is not None and _is_random(transform)
+        return loader, f"the training data ({name}{', with its random augmentation' if augmented else ''})"
+    dropped = [type(t).__name__ for t in steps if _is_random(t)]
+    plain = copy.copy(base)
+    plain.transform = type(transform)([t for t in steps if not _is_random(t)])
+    for subset in reversed(chain):
+        plain = Subset(plain, subset.indices)
+    loader = DataLoader(plain, batch_size=loader.batch_size or DEFAULT_BATCH_SIZE, shuffle=False,
+                        num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+    return loader, f"the training data ({name}) without its random augmentation ({', '.join(dropped)})"
 
 
 class EveryNth:
@@ -86,4 +123,4 @@ def peek(loader: Iterable) -> Any:
     raise PFAError("The PFA analysis dataloader is empty.")
 
 
-__all__ = ["Converted", "EveryNth", "peek", "shard", "single_loader"]
+__all__ = ["Converted", "EveryNth", "peek", "shard", "single_loader", "without_augmentation"]

@@ -43,6 +43,7 @@ class ExperimentPFACallback(PFACallback):
     def __init__(self, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.datamodule = datamodule
+        self._test_acc_cut: float | None = None
         self.spectra: list[dict[str, list[float]]] = []
 
     def on_statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: ResponseStats) -> None:
@@ -52,10 +53,13 @@ class ExperimentPFACallback(PFACallback):
         before = self.test_accuracy(pl_module)
         recipe = super().compress(trainer, pl_module, epoch)
         after = self.test_accuracy(pl_module)
-        self.history[-1].update(test_acc_before=before, test_acc_after=after)
-        self.log_metrics(trainer, {k: v for k, v in (("pfa/test_acc_before", before), ("pfa/test_acc_after", after))
-                            if v is not None})
+        self.history[-1].update(test_acc_before=before, test_acc_cut=self._test_acc_cut, test_acc_after=after)
+        self.log_metrics(trainer, {f"pfa/test_acc_{when}": v for when, v in
+                                   (("before", before), ("cut", self._test_acc_cut), ("after", after)) if v is not None})
         return recipe
+
+    def on_surgery(self, trainer: pl.Trainer, pl_module: pl.LightningModule, recipe: Recipe) -> None:
+        self._test_acc_cut = self.test_accuracy(pl_module) if self.recalibrate else None
 
     def test_accuracy(self, pl_module: pl.LightningModule) -> float | None:
         """Accuracy on the data module's test split (the target classes when specialising)."""
@@ -153,7 +157,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             "params_full": params_full, "params_compressed": count_params(module),
             "flops_full": flops_full, "flops_compressed": count_flops(module, x.to(model_device(module))),
             "acc_full": history[0]["test_acc_before"] if history else acc_final,
-            "acc_after_surgery": history[0]["test_acc_after"] if history else None,
+            "acc_after_surgery": (history[0]["test_acc_cut"] if history[0].get("recalibrated")
+                                  else history[0]["test_acc_after"]) if history else None,
+            "acc_after_recalibration": history[0]["test_acc_after"] if history and history[0].get("recalibrated")
+            else None,
             "acc_final": acc_final,
             "recipe": history[-1]["recipe"] if history else None,
             "compressions": [{k: v for k, v in h.items() if k != "recipe"} for h in history],
@@ -191,10 +198,10 @@ def _print_summary(out: Path, results: dict[str, Any]) -> None:
 
     log.info(
         "%s: params %s -> %s (%.1f%%), FLOPs %s -> %s (%.1f%%); test accuracy: full %s, right after surgery %s, "
-        "final %s. Results in %s", results["name"], f"{results['params_full']:,}", f"{results['params_compressed']:,}",
-        100 * results["params_ratio"], f"{results['flops_full']:,}", f"{results['flops_compressed']:,}",
-        100 * results["flops_ratio"], pct(results["acc_full"]), pct(results["acc_after_surgery"]),
-        pct(results["acc_final"]), out,
+        "after BatchNorm recalibration %s, final %s. Results in %s", results["name"], f"{results['params_full']:,}",
+        f"{results['params_compressed']:,}", 100 * results["params_ratio"], f"{results['flops_full']:,}",
+        f"{results['flops_compressed']:,}", 100 * results["flops_ratio"], pct(results["acc_full"]),
+        pct(results["acc_after_surgery"]), pct(results.get("acc_after_recalibration")), pct(results["acc_final"]), out,
     )
 
 
@@ -246,7 +253,7 @@ def _log_to_wandb(loggers: list, results: dict[str, Any], figures: dict[str, Any
             data=[[l.name, l.group, l.original, l.kept, l.kept / l.original, l.response] for l in recipe.layers])
     run.log(payload)
     for key in ("params_full", "params_compressed", "params_ratio", "flops_full", "flops_compressed", "flops_ratio",
-                "acc_full", "acc_after_surgery", "acc_final"):
+                "acc_full", "acc_after_surgery", "acc_after_recalibration", "acc_final"):
         if results.get(key) is not None:
             run.summary[f"results/{key}"] = results[key]
 

@@ -23,7 +23,8 @@ log = logging.getLogger("pfa_lightning")
 
 COLUMNS = ["job", "name", "model", "width", "dataset", "pfa_strategy", "pfa_threshold", "pfa_ratio", "pfa_metric",
            "pfa_selection", "seed", "params_full", "params_compressed", "params_ratio", "flops_full",
-           "flops_compressed", "flops_ratio", "acc_full", "acc_after_surgery", "acc_final", "overrides"]
+           "flops_compressed", "flops_ratio", "acc_full", "acc_after_surgery", "acc_after_recalibration", "acc_final",
+           "overrides"]
 
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:

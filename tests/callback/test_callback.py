@@ -316,7 +316,7 @@ def test_reset_starts_the_new_optimizer_empty():
     ({"strategy": "kl", "threshold": 0.9}, r"Strategy 'kl' takes no options, got unexpected \['threshold'\]"),
     ({"strategy": "energy", "threshold": 1.5}, r"`threshold` must be a number in \(0, 1\], got 1.5"),
     ({"strategy": "footprint", "ratio": 0.5, "metric": "latency"}, r"`metric` must be one of \('params', 'flops'\), got 'latency'"),
-    ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'weight_l1', 'random'\) or a selection callable.*got 'magnitude'"),
+    ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random'\) or a selection callable.*got 'magnitude'"),
     ({"compress_at": []}, r"`compress_at` must be an epoch number >= 1 .*got \[\]"),
     ({"compress_at": [0]}, r"`compress_at` must be .*got \[0\]"),
     ({"compress_at": [3, 3]}, r"`compress_at` must be .*distinct.*got \[3, 3\]"),
@@ -390,7 +390,7 @@ def test_strategy_and_selection_objects_inside_a_fit():
     callback = PFACallback(pfa.Footprint(0.6), selection=pfa.L1Max(), compress_at=[1], max_samples=64, verbose=False)
     quiet_trainer(max_epochs=2, callbacks=[callback]).fit(module, train, val)
     assert count_params(module) <= 0.6 * full
-    assert callback.recipes[0].strategy == {"name": "footprint", "ratio": 0.6, "metric": "params"}
+    assert callback.recipes[0].strategy == {"name": "footprint", "ratio": 0.6, "metric": "params", "allocation": "kl"}
     assert callback.recipes[0].selection == "l1_max"
     with pytest.raises(pfa.PFAError, match=r"Options \['ratio'\] only apply to a strategy given by name"):
         PFACallback(pfa.KL(), ratio=0.5, compress_at=[1])

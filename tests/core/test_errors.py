@@ -45,7 +45,7 @@ def test_bad_values(make, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'weight_l1', 'random'\) or a selection callable.*got 'magnitude'"),
+        ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random'\) or a selection callable.*got 'magnitude'"),
         ({"min_units": 0}, r"`min_units` must be an integer >= 1, got 0"),
         ({"coupled": "merge"}, r"`coupled` must be one of \('joint', 'skip'\), got 'merge'"),
         ({"strategy": "svd"}, r"`strategy` must be one of .*got 'svd'"),

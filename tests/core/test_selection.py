@@ -22,7 +22,8 @@ def analysed():
 
 
 @pytest.mark.parametrize("name, selection", [
-    ("abs_max", pfa.AbsMax()), ("l1_max", pfa.L1Max()), ("weight_l1", pfa.WeightL1()), ("random", pfa.Random(seed=0)),
+    ("abs_max", pfa.AbsMax()), ("l1_max", pfa.L1Max()), ("max_energy", pfa.MaxEnergy()), ("weight_l1", pfa.WeightL1()),
+    ("random", pfa.Random(seed=0)),
 ])
 def test_names_and_objects_give_the_same_recipe(analysed, name, selection):
     model, x, stats = analysed
@@ -62,7 +63,7 @@ def test_random_selection_object_is_seeded(analysed):
     (lambda spectrum, keep, weights: [0] * keep, r"Selection <lambda> returned \[0, 0.*expected \d+ distinct unit"),
     (lambda spectrum, keep, weights: np.arange(keep) + 10_000, r"expected \d+ distinct unit indices in \[0, \d+\)"),
     (pfa.Random, r"`selection` must be one of .* or a selection callable"),  # the class, not an instance
-    (3, r"`selection` must be one of \('abs_max', 'l1_max', 'weight_l1', 'random'\).*got 3"),
+    (3, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random'\).*got 3"),
 ])
 def test_bad_selections_are_refused(analysed, selection, match):
     model, x, stats = analysed
@@ -73,3 +74,17 @@ def test_bad_selections_are_refused(analysed, selection, match):
 def test_random_seed_must_be_an_integer():
     with pytest.raises(pfa.PFAError, match=r"`seed` must be an integer, got 0.5"):
         pfa.Random(seed=0.5)
+
+
+def test_max_energy_keeps_what_explains_the_most_variance():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2000, 3))
+    responses = np.stack([3 * z[:, 0], 3 * z[:, 0] + 1e-3 * z[:, 2], 2 * z[:, 1], 1e-3 * z[:, 2], 0 * z[:, 0]], 1)
+    spectrum = pfa.Spectrum("x", np.cov(responses.T), 2000)
+    assert spectrum.inactive.tolist() == [4]
+    select = pfa.MaxEnergy()
+    # a loudest unit first, then the independent one, not the (near) copy of the first
+    assert select(spectrum, 1, []).tolist() in ([0], [1])
+    assert select(spectrum, 2, []).tolist() in ([0, 2], [1, 2])
+    assert 4 not in select(spectrum, 4, []).tolist()  # the silent unit only when nothing else is left
+    assert select(spectrum, 5, []).tolist() == [0, 1, 2, 3, 4]

@@ -13,7 +13,9 @@ import pfa_lightning as pfa
 from pfa_lightning.graph import module_width
 from pfa_lightning.models import build
 
-STRATEGIES = [pfa.KL(), pfa.Energy(0.9), pfa.Footprint(0.25, metric="params"), pfa.Footprint(0.25, metric="flops")]
+STRATEGIES = [pfa.KL(), pfa.Energy(0.9), pfa.Footprint(0.25, metric="params"), pfa.Footprint(0.25, metric="flops"),
+              pfa.Footprint(0.25, metric="params", allocation="energy"),
+              pfa.Footprint(0.25, metric="flops", allocation="uniform")]
 
 
 def _batches(n, shape, batch=128):

@@ -63,7 +63,9 @@ def _cases() -> list[list[str]]:
     cases += [[f"pfa={p}"] for p in options("pfa")]
     cases += [["pfa=kl", "pfa.compensate=true", "pfa.selection=weight_l1", "pfa.optimizer_state=transplant"],
               ["pfa=footprint", "pfa.metric=flops", "pfa.selection=random"],
-              ["pfa=energy", "pfa.selection={_target_:pfa_lightning.Random,seed:3}", "pfa.verbose=false"]]
+              ["pfa=energy", "pfa.selection={_target_:pfa_lightning.Random,seed:3}", "pfa.verbose=false"],
+              ["pfa=footprint", "pfa.allocation=energy", "pfa.distill={temperature:2.0,weight:0.5}",
+               "pfa.recalibrate=false"]]
     cases += [["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true"],
               ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1"], ["trainer=cpu"]]
     cases += [[f"logger={l}"] for l in options("logger")]

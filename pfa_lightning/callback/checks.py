@@ -1,0 +1,76 @@
+"""Checks that need the trainer or the module, made before training so that nothing fails mid-fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from pytorch_lightning.utilities import rank_zero_warn
+
+from pfa_lightning.errors import PFAError
+from pfa_lightning.footprint import FootprintProbe
+from pfa_lightning.graph import ModelGraph, analysable_layers
+from pfa_lightning.strategies import Footprint, Strategy
+
+
+def check_trainer(trainer: pl.Trainer, compress_at: list[int], max_samples: int | None, kind: type) -> None:
+    """Refuse, in ``setup``, what the trainer makes impossible: sharded strategies, two callbacks, epochs past the end."""
+    strategy = trainer.strategy
+    if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        raise PFAError(
+            f"PFACallback supports single-device and DDP strategies, got {type(strategy).__name__}: FSDP, "
+            "DeepSpeed and model-parallel strategies shard or wrap parameters, so layer surgery is refused."
+        )
+    if sum(isinstance(c, kind) for c in trainer.callbacks) > 1:
+        raise PFAError("Use only one PFACallback per Trainer; list all its epochs in `compress_at`.")
+    max_epochs = trainer.max_epochs
+    if max_epochs is not None and max_epochs >= 0:
+        late = [e for e in compress_at if e > max_epochs]
+        if late:
+            raise PFAError(
+                f"`compress_at` epoch {late[0]} is beyond `max_epochs={max_epochs}`: that compression would "
+                f"never happen. Use epochs in [1, {max_epochs}]."
+            )
+        if compress_at[-1] == max_epochs:
+            rank_zero_warn(f"PFACallback compresses after the last epoch ({max_epochs}): no fine-tuning follows.")
+    if max_samples is not None and max_samples < 2 * trainer.world_size:
+        raise PFAError(
+            f"`max_samples={max_samples}` is too small for {trainer.world_size} processes: "
+            f"every rank needs at least 2 samples (use >= {2 * trainer.world_size})."
+        )
+
+
+def check_module(pl_module: pl.LightningModule, inputs: Any, strategy: Strategy, *, layers: list[str] | None,
+                 exclude: list[str] | None, min_units: int, coupled: str) -> None:
+    """Refuse, before training, a module PFA cannot cut or a footprint target it cannot reach."""
+    try:
+        graph = ModelGraph(pl_module, inputs)
+    except NotImplementedError as err:
+        raise PFAError(
+            f"PFACallback runs {type(pl_module).__name__}(inputs) on a batch's model input, but its "
+            f"`forward` is not implemented ({err}). Define `forward` to run the network."
+        ) from None
+    _, chosen = analysable_layers(pl_module, graph, layers, exclude, verb="compress")
+    _check_reachable(pl_module, graph, chosen, inputs, strategy, min_units, coupled)
+
+def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: set[str], inputs: Any,
+                     strategy: Strategy, min_units: int, coupled: str) -> None:
+    """Refuse a footprint target that even every layer at ``min_units`` cannot meet, before training."""
+    metric = strategy.probe_metric
+    target = getattr(strategy, "ratio", None) if isinstance(strategy, Footprint) else None
+    if metric is None or target is None:
+        return
+    probe = FootprintProbe(pl_module, inputs, metric)
+    floor = probe({s.root: min(min_units, s.width) for s in graph.spaces
+                   if not s.reaches_output and set(s.producers) <= chosen
+                   and not (coupled == "skip" and s.coupled)})
+    if floor > target * probe.full:
+        raise PFAError(
+            f"Footprint ratio {target:g} ({metric}) is out of reach for {type(pl_module).__name__}: even with every "
+            f"analysed layer at min_units={min_units} the network keeps {floor / probe.full:.4f} of its "
+            f"{metric}. Use a larger ratio, a smaller `min_units`, or analyse more layers."
+        )
+
+
+__all__ = ["check_module", "check_trainer"]

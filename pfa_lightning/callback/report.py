@@ -1,0 +1,45 @@
+"""What the callback tells about a compression: metrics for every logger, a table and a line on the console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytorch_lightning.utilities import rank_zero_info
+
+from pfa_lightning.recipe import Recipe
+
+ACCURACIES = ("before", "cut", "after")  # before the surgery, right after it, after BatchNorm recalibration
+
+
+def compression_metrics(entry: dict[str, Any], recipe: Recipe, count: int) -> dict[str, float]:
+    """``pfa/...`` metrics of one history entry (``count``: compressions so far)."""
+    metrics: dict[str, float] = {"pfa/compressions": count}
+    for metric in ("params", "flops"):
+        before, after = entry[f"{metric}_before"], entry[f"{metric}_after"]
+        metrics.update({f"pfa/{metric}_before": before, f"pfa/{metric}_after": after,
+                        f"pfa/{metric}_ratio": after / before if before else 1.0})
+    metrics.update({f"pfa/acc_{when}": entry[f"acc_{when}"] for when in ACCURACIES
+                    if entry.get(f"acc_{when}") is not None})
+    metrics.update({f"pfa/kept_units/{layer.name}": layer.kept for layer in recipe.layers})
+    return metrics
+
+
+def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics: dict[str, float]) -> None:
+    """The recipe table and a summary line (call on rank zero)."""
+    from rich.console import Console
+
+    Console().print(recipe.table(title=f"PFA compression {count} after epoch {entry['epoch']}"))
+    accuracy = ""
+    if "pfa/acc_before" in metrics and "pfa/acc_after" in metrics:
+        cut = f" -> {metrics['pfa/acc_cut']:.4f} (cut)" if "pfa/acc_cut" in metrics else ""
+        recalibrated = " (BatchNorm recalibrated)" if entry.get("recalibrated") else ""
+        accuracy = (f", validation accuracy {metrics['pfa/acc_before']:.4f}{cut} -> "
+                    f"{metrics['pfa/acc_after']:.4f}{recalibrated}")
+    rank_zero_info(
+        f"PFA after epoch {entry['epoch']}: params {entry['params_before']:,} -> {entry['params_after']:,} "
+        f"({metrics['pfa/params_ratio']:.1%}), FLOPs {entry['flops_before']:,} -> {entry['flops_after']:,} "
+        f"({metrics['pfa/flops_ratio']:.1%}){accuracy}."
+    )
+
+
+__all__ = ["ACCURACIES", "compression_metrics", "print_compression"]
