@@ -1,8 +1,9 @@
 """Budget sweep: PFA's footprint mode against the baselines at the budgets users ask for.
 
-For each network and seed the full model is trained once (and cached); then, for every budget
-(a fraction of the parameters or of the FLOPs) and every arm, a copy is cut, its BatchNorm
-statistics recalibrated on the analysis data, fine-tuned for the same number of epochs, and tested:
+For each network and seed the full model is trained (again on a rerun that has runs left); then,
+for every budget (a fraction of the parameters or of the FLOPs) and every arm, a copy is cut, its
+BatchNorm statistics recomputed on the training images (torch's ``update_bn``), fine-tuned for the
+same number of epochs, and tested:
 
 - ``footprint``: ``pfa.Footprint(r, metric)``, the library's default allocation;
 - ``footprint-energy``: the paper's common energy threshold, ``Footprint(r, metric, allocation="energy")``;
@@ -213,7 +214,7 @@ def section(data: dict) -> list[str]:
            f"Produced by `python benchmarks/budget_sweep.py` ({data.get('seconds', 0) / 60:.0f} min of compute) on: "
            f"{data['machine']}. Digits; each network trained {args['epochs']} epochs (SGD, cosine, lr {args['lr']}), "
            f"analysed on at most {args['max_samples']} training images; every arm then gets BatchNorm recalibration "
-           f"on those images and {args['finetune_epochs']} fine-tuning epochs at lr {args['lr'] * 0.2:g} "
+           f"(torch's update_bn on the training images) and {args['finetune_epochs']} fine-tuning epochs at lr {args['lr'] * 0.2:g} "
            f"({args['long_epochs']} at {', '.join(args['long'])}, for {', '.join(args['long_arms'])}). Accuracy in %, mean ± std over {args['seeds']} "
            "seeds. `footprint` is `pfa.Footprint(r, metric)` with its default allocation; `weight_l1` and `random` "
            "use `footprint`'s widths. Verdict: the default against uniform and weight-L1 (a tie is a loss within "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -57,6 +57,22 @@ def batch_size(inputs: Any) -> int:
     return int(first.shape[0])
 
 
+def model_inputs(batches: Iterable[Any], max_samples: int | None,
+                 device: torch.device | str | None) -> Iterator[tuple[Any, int]]:
+    """(model inputs on ``device``, their number of samples) for each batch, cut at ``max_samples`` in all."""
+    seen = 0
+    for batch in batches:
+        x = first_input(batch)
+        n = batch_size(x)
+        if max_samples is not None and seen + n > max_samples:
+            n = max_samples - seen
+            x = clone_inputs(x, n)
+        yield clone_inputs(x, device=device), n
+        seen += n
+        if max_samples is not None and seen >= max_samples:
+            return
+
+
 def run_model(model: torch.nn.Module, inputs: Any) -> Any:
     """Call ``model`` the way Torch-Pruning does: dicts as keywords, tuples/lists as positionals."""
     if isinstance(inputs, dict):
@@ -82,4 +98,4 @@ def first_input(batch: Any) -> Any:
     )
 
 
-__all__ = ["batch_size", "clone_inputs", "first_input", "map_nested", "run_model", "tensors_in"]
+__all__ = ["batch_size", "clone_inputs", "first_input", "map_nested", "model_inputs", "run_model", "tensors_in"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.graph import evaluating
-from pfa_lightning.nested import batch_size, clone_inputs, first_input, run_model
+from pfa_lightning.nested import model_inputs, run_model
 from pfa_lightning.stats import check_max_samples, model_device
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -30,10 +30,11 @@ def recalibrate_batchnorm(model: nn.Module, dataloader: Iterable[Any], *, max_sa
                           device: torch.device | str | None = None) -> int:
     """Recompute every BatchNorm's running mean and variance on ``dataloader``'s batches.
 
-    The statistics are the exact averages over the samples seen (``momentum=None``, like
-    ``update_bn``); everything else runs in eval mode (no dropout), no gradient is computed, and each
-    module's train/eval flag and momentum are restored. Returns the number of samples used (0, and
-    nothing changed, when the model has no BatchNorm).
+    Each batch's statistics count in proportion to its samples (with equal batches this is what
+    ``torch.optim.swa_utils.update_bn`` computes); batches of a single sample are skipped. Everything
+    else runs in eval mode (no dropout), no gradient is computed, and each module's train/eval flag
+    and momentum are restored. Returns the number of samples used (0, and nothing changed, when the
+    model has no BatchNorm).
 
     Raises:
         PFAError: a bad ``max_samples`` or an empty ``dataloader``.
@@ -49,21 +50,17 @@ def recalibrate_batchnorm(model: nn.Module, dataloader: Iterable[Any], *, max_sa
     with evaluating(model), torch.no_grad():
         for m in norms:
             m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches
             m.train()
         try:
-            for batch in dataloader:
-                x = first_input(batch)
-                n = batch_size(x)
-                if max_samples is not None and seen + n > max_samples:
-                    n = max_samples - seen
-                    x = clone_inputs(x, n)
-                run_model(model, clone_inputs(x, device=device))
+            for x, n in model_inputs(dataloader, max_samples, device):
+                if n < 2:
+                    continue  # a BatchNorm in train mode needs two samples (and one says little)
+                for m in norms:
+                    m.momentum = n / (seen + n)  # running statistics: the sample-weighted mean over batches
+                run_model(model, x)
                 seen += n
-                if max_samples is not None and seen >= max_samples:
-                    break
             if seen == 0:
-                raise PFAError("The BatchNorm recalibration data is empty: pass batches of model inputs.")
+                raise PFAError("The BatchNorm recalibration data is empty (or holds only single-sample batches): pass batches of model inputs.")
         except BaseException:
             for m, buffers in zip(norms, saved):  # all or nothing: the old statistics come back
                 for name, value in buffers.items():

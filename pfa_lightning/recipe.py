@@ -186,9 +186,10 @@ def make_recipe(
     Args:
         model: the model the statistics were collected on (unchanged by this call).
         stats: from :func:`collect_responses`.
-        strategy: :class:`KL`, :class:`Energy`, :class:`Footprint` (or ``"kl"``).
+        strategy: :class:`KL`, :class:`Energy`, :class:`Footprint`, :class:`Uniform` (or a name: ``"kl"``).
         example_inputs: a batch of model inputs, to trace the model (and count FLOPs).
-        selection: which units to keep: :class:`AbsMax` (the paper's, ``"abs_max"``), :class:`L1Max`;
+        selection: which units to keep: :class:`AbsMax` (the paper's, ``"abs_max"``), :class:`L1Max`,
+            :class:`MaxEnergy`;
             the baselines :class:`WeightL1` (largest filter L1 norms, Li et al. 2017) and
             :class:`Random` keep the same number of units; or any selection callable.
         min_units: floor on the units any layer keeps.

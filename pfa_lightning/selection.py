@@ -1,8 +1,8 @@
 """Which units to keep, given how many: greedy removal of the most correlated units.
 
-Selections are objects (like strategies): :class:`AbsMax`, :class:`L1Max`, and the baselines
-:class:`WeightL1` and :class:`Random`; the names ``"abs_max"``, ``"l1_max"``, ``"weight_l1"``,
-``"random"`` resolve to them. Inactive units always go first. Then, until ``k`` units remain:
+Selections are objects (like strategies): :class:`AbsMax`, :class:`L1Max`, :class:`MaxEnergy`, and
+the baselines :class:`WeightL1` and :class:`Random`; the names ``"abs_max"``, ``"l1_max"``,
+``"max_energy"``, ``"weight_l1"``, ``"random"`` resolve to them. Inactive units always go first. Then, until ``k`` units remain:
 
 - ``abs_max`` (the paper's): take the pair with the largest |r|; drop the member whose
   next-largest |r| to the remaining units is larger;

@@ -8,6 +8,7 @@ sums simply add up across data-parallel workers.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from pfa_lightning.errors import PFAError
 from pfa_lightning.graph import ModelGraph, ResponsePoint, analysable_layers, evaluating, module_width
 from pfa_lightning.progress import progress_bar
-from pfa_lightning.nested import batch_size, clone_inputs, first_input, run_model
+from pfa_lightning.nested import batch_size, clone_inputs, first_input, model_inputs, run_model
 from pfa_lightning.validation import check_choice, check_int
 
 POOLINGS = ("max", "avg")
@@ -285,19 +286,10 @@ def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device
 
     seen = 0
     with evaluating(model), torch.no_grad(), progress_bar(description, total_batches, enabled=progress) as advance:
-        batch = first
-        while batch is not None:
-            x = first_input(batch)
-            n = batch_size(x)
-            if max_samples is not None and seen + n > max_samples:
-                n = max_samples - seen
-                x = clone_inputs(x, n)
-            run_model(model, clone_inputs(x, device=device))
+        for x, n in model_inputs(itertools.chain([first], rest), max_samples, device):
+            run_model(model, x)
             seen += n
             advance()
-            if max_samples is not None and seen >= max_samples:
-                break
-            batch = next(rest, None)
     if seen < 2:
         raise PFAError(f"The analysis data gave {seen} sample(s); PFA needs at least 2.")
 

@@ -23,15 +23,15 @@ from pfa_lightning.callback.checks import check_module, check_trainer
 from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, already_applied, input_spec,
                                                restore_architecture)
 from pfa_lightning.callback.data import Converted, peek, shard, single_loader, without_augmentation
-from pfa_lightning.callback.distill import Distillation, Teacher
-from pfa_lightning.callback.distributed import all_reduce, check_same_decision, rewrap_ddp, sync_buffers
+from pfa_lightning.callback.distill import DISTILL_NEEDS_AUTOMATIC, Distillation, Teacher
+from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, recalibrate_on_every_rank, rewrap_ddp,
+                                                 sync_buffers)
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
 from pfa_lightning.callback.report import compression_metrics, print_compression
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.graph import evaluating
 from pfa_lightning.nested import clone_inputs, first_input, run_model
-from pfa_lightning.recalibration import batchnorm_layers, recalibrate_batchnorm
 from pfa_lightning.recipe import COUPLED_MODES, Recipe, check_min_units, make_recipe
 from pfa_lightning.selection import SelectionLike, resolve_selection
 from pfa_lightning.stats import POOLINGS, ResponseStats, check_max_samples, collect_responses, model_device
@@ -233,6 +233,8 @@ class PFACallback(Callback):
             )
         if not pending:
             return
+        if self.distill is not None and not pl_module.automatic_optimization:
+            raise PFAError(DISTILL_NEEDS_AUTOMATIC)
         inputs = self._example_inputs(trainer, pl_module)
         self._example_spec = self._example_spec or input_spec(inputs)
         check_module(pl_module, inputs, self.strategy, layers=self.layers, exclude=self.exclude,
@@ -310,18 +312,12 @@ class PFACallback(Callback):
         to inspect the cut network. Does nothing by default."""
 
     def _recalibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """Fresh BatchNorm statistics on the analysis data, averaged over ranks; False if there is no BatchNorm."""
-        data, limit = self._analysis_data(trainer)
+        def batches() -> tuple[Iterable, int | None]:
+            data, limit = self._analysis_data(trainer)
+            return Converted(data, trainer.precision_plugin.convert_input), limit
+
         with trainer.precision_plugin.forward_context():
-            seen = recalibrate_batchnorm(pl_module, Converted(data, trainer.precision_plugin.convert_input),
-                                         max_samples=limit)
-        if not seen:
-            return False
-        buffers = [b for m in batchnorm_layers(pl_module) for b in (m.running_mean, m.running_var) if b is not None]
-        all_reduce(trainer, buffers)
-        for b in buffers:
-            b.div_(trainer.world_size)  # equal shards (to one sample): the mean of the ranks' statistics
-        return True
+            return recalibrate_on_every_rank(trainer, pl_module, batches)
 
     def _release_teacher(self) -> None:
         if self._teacher is not None:

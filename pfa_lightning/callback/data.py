@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from pfa_lightning.errors import PFAError
+from pfa_lightning.nested import map_nested
 
 ANALYSIS_SEED = 0  # the analysis subset is the same on every rank and every run
 DEFAULT_BATCH_SIZE = 64
@@ -19,7 +20,7 @@ DEFAULT_BATCH_SIZE = 64
 
 # torchvision transforms (v1 and v2) that draw random numbers; any class named Random* counts too
 _RANDOM_TRANSFORMS = {"ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "GaussianBlur",
-                      "ElasticTransform", "ScaleJitter", "RandomShortestSize", "RandomChoice", "RandomOrder"}
+                      "ElasticTransform", "ScaleJitter"}
 
 
 def _is_random(transform: Any) -> bool:
@@ -30,7 +31,8 @@ def _is_random(transform: Any) -> bool:
 def without_augmentation(loader: Any) -> tuple[Any, str]:
     """``loader`` over the same samples with the random transforms of a torchvision-style ``Compose``
     removed (the dataset, or the one under ``Subset``s, is copied, not changed), and a description of
-    the data for the log. Anything else is returned as it is."""
+    the data for the log. Anything else, or a removal that would change the samples' shape (a
+    ``RandomResizedCrop``), gives ``loader`` back as it is."""
     dataset = getattr(loader, "dataset", None)
     chain, base = [], dataset
     while isinstance(base, Subset):
@@ -39,17 +41,26 @@ def without_augmentation(loader: Any) -> tuple[Any, str]:
     transform = getattr(base, "transform", None)
     steps = getattr(transform, "transforms", None)
     name = type(base).__name__
+    augmented = f"the training data ({name}, with its random augmentation)"
     if not isinstance(loader, DataLoader) or not isinstance(steps, list) or not any(map(_is_random, steps)):
-        augmented = transform is not None and _is_random(transform)
-        return loader, f"the training data ({name}{', with its random augmentation' if augmented else ''})"
+        random = transform is not None and _is_random(transform)
+        return loader, augmented if random else f"the training data ({name})"
     dropped = [type(t).__name__ for t in steps if _is_random(t)]
     plain = copy.copy(base)
     plain.transform = type(transform)([t for t in steps if not _is_random(t)])
+    if type(getattr(base, "transforms", None)).__name__ == "StandardTransform":  # torchvision's VisionDataset
+        plain.transforms = type(base.transforms)(plain.transform, getattr(base, "target_transform", None))
+    if len(base) and _shape(plain[0]) != _shape(base[0]):
+        return loader, augmented + f" (without {', '.join(dropped)} the samples change shape)"
     for subset in reversed(chain):
         plain = Subset(plain, subset.indices)
     loader = DataLoader(plain, batch_size=loader.batch_size or DEFAULT_BATCH_SIZE, shuffle=False,
-                        num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+                        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
     return loader, f"the training data ({name}) without its random augmentation ({', '.join(dropped)})"
+
+
+def _shape(sample: Any) -> Any:
+    return map_nested(sample, lambda t: tuple(t.shape), other=lambda x: getattr(x, "size", None))
 
 
 class EveryNth:
@@ -100,7 +111,7 @@ def shard(loader: Iterable, rank: int, world: int, max_samples: int | None,
         order = list(range(n))
     shard = Subset(dataset, order[rank::world])
     return DataLoader(shard, batch_size=loader.batch_size or DEFAULT_BATCH_SIZE, shuffle=False,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn), None
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory), None
 
 
 def single_loader(loaders: Any, what: str) -> Any:

@@ -13,8 +13,11 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from pfa_lightning.errors import PFAError
-from pfa_lightning.nested import first_input, run_model
 from pfa_lightning.validation import check_fraction, fail
+
+
+DISTILL_NEEDS_AUTOMATIC = ("`distill` needs automatic optimization: the callback adds the distillation term to the "
+                           "loss `training_step` returns, which manual optimization never hands back.")
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,7 @@ class Teacher:
 
     def __init__(self, module: nn.Module, settings: Distillation) -> None:
         if not getattr(module, "automatic_optimization", True):
-            raise PFAError("`distill` needs automatic optimization: the callback adds the distillation term to the "
-                           "loss `training_step` returns, which manual optimization never hands back.")
+            raise PFAError(DISTILL_NEEDS_AUTOMATIC)
         self.settings = settings
         self.network = copy.deepcopy(module).eval()  # LightningModule.__getstate__ leaves the trainer out
         for p in self.network.parameters():
@@ -70,29 +72,30 @@ class Teacher:
         step = module.training_step
 
         def training_step(batch: Any, *args: Any, **kwargs: Any) -> Any:
-            outputs: list[Any] = []
-            hook = module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+            calls: list[tuple[tuple, dict, Any]] = []
+            hook = module.register_forward_hook(lambda _m, a, kw, out: calls.append((a, kw, out)), with_kwargs=True)
             try:
                 result = step(batch, *args, **kwargs)
             finally:
                 hook.remove()
-            return self._add_term(batch, result, outputs)
+            return self._add_term(result, calls)
 
         module.training_step = training_step  # type: ignore[method-assign]
 
-    def _add_term(self, batch: Any, result: Any, outputs: list[Any]) -> Any:
+    def _add_term(self, result: Any, calls: list[tuple[tuple, dict, Any]]) -> Any:
+        """The loss plus the distillation term, the teacher run on the inputs of the step's last forward."""
         loss = result["loss"] if isinstance(result, Mapping) else result
         if not isinstance(loss, Tensor):
             return result
-        inputs = first_input(batch)
-        student = outputs[-1] if outputs else run_model(self.module, inputs)
-        with torch.no_grad():
-            teacher = run_model(self.network, inputs)
-        if not (isinstance(student, Tensor) and isinstance(teacher, Tensor) and student.dim() >= 2
-                and student.shape == teacher.shape):
+        if calls:
+            args, kwargs, student = calls[-1]
+            with torch.no_grad():
+                teacher = self.network(*args, **kwargs)
+        if not calls or not (isinstance(student, Tensor) and isinstance(teacher, Tensor) and student.dim() >= 2
+                             and student.shape == teacher.shape):
             if not self._warned:
-                rank_zero_warn("PFA distillation needs the module to return (samples, classes) logits; "
-                               "the loss is left as training_step computes it.")
+                rank_zero_warn("PFA distillation needs training_step to call the module itself (`self(x)`) and get "
+                               "(samples, classes) logits; the loss is left as training_step computes it.")
                 self._warned = True
             return result
         term = self.settings.loss(student, teacher)

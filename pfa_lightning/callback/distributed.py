@@ -1,18 +1,21 @@
-"""Distributed helpers: statistics summed over ranks, one decision verified on every rank, DDP rewrap."""
+"""Distributed helpers: statistics summed over ranks, one decision verified on every rank, BatchNorm
+recalibration agreed on by every rank, DDP rewrap."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from pfa_lightning.errors import PFAError
+from pfa_lightning.recalibration import batchnorm_layers, recalibrate_batchnorm
 from pfa_lightning.recipe import Recipe
 
 
@@ -31,6 +34,36 @@ def all_reduce(trainer: pl.Trainer, tensors: Iterable[Tensor]) -> None:
     if distributed(trainer):
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def recalibrate_on_every_rank(trainer: pl.Trainer, module: nn.Module,
+                              batches: Callable[[], tuple[Iterable, int | None]]) -> bool:
+    """Fresh BatchNorm statistics from ``batches()`` (this rank's data and sample limit), averaged over
+    ranks. False, with the statistics as they were on every rank, when the module has no BatchNorm or
+    any rank failed (warned): the ranks agree before any collective on the buffers."""
+    norms = batchnorm_layers(module)
+    if not norms:
+        return False
+    buffers = [b for m in norms for b in (m.running_mean, m.running_var) if b is not None]
+    saved = [b.clone() for b in buffers]
+    failed = torch.zeros(1, device=buffers[0].device if buffers else None)
+    try:
+        data, limit = batches()
+        recalibrate_batchnorm(module, data, max_samples=limit)
+    except Exception as err:  # the surgery is done and stays: fine-tuning re-estimates the statistics anyway
+        rank_zero_warn(f"PFA could not recalibrate BatchNorm after the surgery ({type(err).__name__}: {err}); "
+                       "the running statistics stay as they were.")
+        failed += 1
+    all_reduce(trainer, [failed])
+    if failed.item():
+        for b, old in zip(buffers, saved):
+            b.copy_(old)
+        return False
+    if distributed(trainer):
+        all_reduce(trainer, buffers)
+        for b in buffers:
+            b.div_(trainer.world_size)  # equal shards (to one sample): the mean of the ranks' statistics
+    return True
 
 
 def decision_digest(recipe: Recipe) -> int:
@@ -61,4 +94,5 @@ def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
         strategy.configure_ddp()
 
 
-__all__ = ["all_reduce", "check_same_decision", "decision_digest", "distributed", "rewrap_ddp", "sync_buffers"]
+__all__ = ["all_reduce", "check_same_decision", "decision_digest", "distributed", "recalibrate_on_every_rank", "rewrap_ddp",
+           "sync_buffers"]

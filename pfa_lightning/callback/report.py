@@ -31,8 +31,9 @@ def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics
     Console().print(recipe.table(title=f"PFA compression {count} after epoch {entry['epoch']}"))
     accuracy = ""
     if "pfa/acc_before" in metrics and "pfa/acc_after" in metrics:
-        cut = f" -> {metrics['pfa/acc_cut']:.4f} (cut)" if "pfa/acc_cut" in metrics else ""
-        recalibrated = " (BatchNorm recalibrated)" if entry.get("recalibrated") else ""
+        recalibrated = entry.get("recalibrated")
+        cut = f" -> {metrics['pfa/acc_cut']:.4f} (cut)" if recalibrated and "pfa/acc_cut" in metrics else ""
+        recalibrated = " (BatchNorm recalibrated)" if recalibrated else ""
         accuracy = (f", validation accuracy {metrics['pfa/acc_before']:.4f}{cut} -> "
                     f"{metrics['pfa/acc_after']:.4f}{recalibrated}")
     rank_zero_info(

@@ -39,7 +39,7 @@ class ImageClassifier(pl.LightningModule):
                  optimizer: str = "sgd", lr: float = 0.05, weight_decay: float = 5e-4, momentum: float = 0.9,
                  scheduler: str = "cosine", step_size: int = 30, input_size: int = 32) -> None:
         super().__init__()
-        check_choice("arch", arch, MODEL_NAMES)
+        check_choice("arch", arch.lower() if isinstance(arch, str) else arch, MODEL_NAMES)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:

@@ -25,6 +25,7 @@ from pfa_lightning.callback import PFACallback
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.nested import first_input
+from pfa_lightning.recalibration import batchnorm_layers
 from pfa_lightning.recipe import Recipe, spectra_of
 from pfa_lightning.stats import ResponseStats, model_device
 from pfa_lightning.validation import fail
@@ -59,7 +60,8 @@ class ExperimentPFACallback(PFACallback):
         return recipe
 
     def on_surgery(self, trainer: pl.Trainer, pl_module: pl.LightningModule, recipe: Recipe) -> None:
-        self._test_acc_cut = self.test_accuracy(pl_module) if self.recalibrate else None
+        recalibrating = self.recalibrate and bool(batchnorm_layers(pl_module))
+        self._test_acc_cut = self.test_accuracy(pl_module) if recalibrating else None
 
     def test_accuracy(self, pl_module: pl.LightningModule) -> float | None:
         """Accuracy on the data module's test split (the target classes when specialising)."""

@@ -139,3 +139,34 @@ def test_the_callback_reports_which_data_it_analysed():
     pfa_cb = PFACallback("energy", threshold=0.9, compress_at=[1], max_samples=12, verbose=False)
     quiet_trainer(max_epochs=1, callbacks=[pfa_cb]).fit(ResidualNet(), train)
     assert pfa_cb.analysis_data == "the training data (Flipped) without its random augmentation (RandomHorizontalFlip)"
+
+
+def test_a_removal_that_changes_the_sample_shape_keeps_the_augmented_data():
+    from torchvision import transforms as T
+
+    dataset = Flipped(T.Compose([T.RandomCrop(6), T.Lambda(lambda x: x)]))  # 8x8 -> 6x6: dropping it changes shapes
+    loader = DataLoader(dataset, batch_size=4)
+    same, description = without_augmentation(loader)
+    assert same is loader
+    assert description == ("the training data (Flipped, with its random augmentation) "
+                           "(without RandomCrop the samples change shape)")
+
+
+def test_recalibration_that_fails_leaves_the_statistics_and_warns():
+    from types import SimpleNamespace
+
+    from pfa_lightning.callback.distributed import recalibrate_on_every_rank
+
+    module = ResidualNet()
+    with torch.no_grad():
+        module.bn0.running_mean.fill_(2.0)
+
+    def broken():
+        raise RuntimeError("a data loader worker died")
+
+    with pytest.warns(UserWarning, match="could not recalibrate BatchNorm after the surgery .*worker died"):
+        assert recalibrate_on_every_rank(SimpleNamespace(world_size=1), module, broken) is False
+    assert torch.all(module.bn0.running_mean == 2.0)
+    x = make_dataset(9, seed=1).tensors[0]
+    assert recalibrate_on_every_rank(SimpleNamespace(world_size=1), module, lambda: ([x[:8], x[8:]], None)) is True
+    assert not torch.all(module.bn0.running_mean == 2.0)  # the single-sample batch was skipped, not fatal
