@@ -146,6 +146,10 @@ def _values(data: dict, net: str, budget: str, arm: str, epochs: int, field: str
     return [runs[k][field] for k in sorted(runs) if k.startswith(f"{net}|") and k.endswith(f"|{budget}|{arm}|{epochs}")]
 
 
+def _nets_with_runs(data: dict) -> list[str]:
+    return [net for net in data["args"]["nets"] if any(k.startswith(f"{net}|") for k in data["runs"])]
+
+
 def verdict(data: dict, net: str, budget: str, epochs: int) -> str:
     """The default footprint against uniform and weight-L1: >= within one standard deviation, or a loss."""
     ours = _values(data, net, budget, "footprint", epochs, "final")
@@ -175,7 +179,7 @@ def plots(data: dict) -> list[str]:
 
     args = data["args"]
     names = []
-    for net in args["nets"]:
+    for net in _nets_with_runs(data):
         for metric in ("params", "flops"):
             budgets = [b for b in args["budgets"] if b.startswith(metric)]
             if not budgets:
@@ -217,9 +221,9 @@ def section(data: dict) -> list[str]:
            f"(torch's update_bn on the training images) and {args['finetune_epochs']} fine-tuning epochs at lr {args['lr'] * 0.2:g} "
            f"({args['long_epochs']} at {', '.join(args['long'])}, for {', '.join(args['long_arms'])}). Accuracy in %, mean ± std over {args['seeds']} "
            "seeds. `footprint` is `pfa.Footprint(r, metric)` with its default allocation; `weight_l1` and `random` "
-           "use `footprint`'s widths. Verdict: the default against uniform and weight-L1 (a tie is a loss within "
-           "one standard deviation).", ""]
-    for net in args["nets"]:
+           "use `footprint`'s widths. Verdict: the default against uniform and weight-L1; a gap smaller than the "
+           "larger of the two arms' standard deviations counts as a tie.", ""]
+    for net in _nets_with_runs(data):
         full = [r["final"] for k, r in data["runs"].items() if k.startswith(f"{net}|") and k.endswith("|full")]
         out += [f"### {net} {NETS.get(net, {})} — full model {pm(full)}", "",
                 "| budget | epochs | " + " | ".join(args["arms"]) + " | footprint: size reached | verdict |",
