@@ -222,7 +222,9 @@ def section(data: dict) -> list[str]:
            f"({args['long_epochs']} at {', '.join(args['long'])}, for {', '.join(args['long_arms'])}). Accuracy in %, mean ± std over {args['seeds']} "
            "seeds. `footprint` is `pfa.Footprint(r, metric)` with its default allocation; `weight_l1` and `random` "
            "use `footprint`'s widths. Verdict: the default against uniform and weight-L1; a gap smaller than the "
-           "larger of the two arms' standard deviations counts as a tie.", ""]
+           "larger of the two arms' standard deviations counts as a tie. Training on this CPU is not bitwise "
+           "reproducible (a rerun of one arm moved ResNet-20 at 25% by 5.6 points), so read single cells with "
+           "their spread.", ""]
     for net in _nets_with_runs(data):
         full = [r["final"] for k, r in data["runs"].items() if k.startswith(f"{net}|") and k.endswith("|full")]
         out += [f"### {net} {NETS.get(net, {})} — full model {pm(full)}", "",
