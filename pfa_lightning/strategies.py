@@ -81,6 +81,20 @@ def largest_fitting(candidates: np.ndarray, fits: Callable[[float], bool]) -> in
     return lo
 
 
+def scaled_widths(spectra: Sequence[Spectrum], shares: Sequence[float], clamp: Callable[[int, Spectrum], int]
+                  ) -> tuple[np.ndarray, Callable[[float], list[int]]]:
+    """Widths ``ceil(m * min(1, scale * share))`` per space, and the ascending scales at which they change
+    (where ``scale * share * m`` crosses an integer)."""
+    candidates = np.unique([k / (sp.units * share) for sp, share in zip(spectra, shares) if share > 0
+                            for k in range(1, sp.units + 1)])
+
+    def counts(scale: float) -> list[int]:
+        return [clamp(math.ceil(sp.units * min(1.0, scale * share) - _CEIL_GUARD), sp)
+                for sp, share in zip(spectra, shares)]
+
+    return candidates, counts
+
+
 def energy_count(fractions: np.ndarray, threshold: float) -> int:
     """Smallest k whose first k eigenvalues hold at least ``threshold`` of the energy."""
     k = int(np.searchsorted(fractions, threshold - _ENERGY_GUARD, side="left")) + 1
@@ -183,15 +197,8 @@ class Footprint(Strategy):
             return (np.unique(np.concatenate(fractions + [np.array([1.0])])),
                     lambda tau: [clamp(energy_count(fr, tau), sp) for fr, sp in zip(fractions, spectra)])
         shares = [kl_keep_ratio(sp)[1] if self.allocation == "kl" else 1.0 for sp in spectra]
-        # scale s keeps ceil(m * min(1, s * share)) units: it changes where s * share * m crosses an integer
-        candidates = np.unique([k / (sp.units * share) for sp, share in zip(spectra, shares) if share > 0
-                                for k in range(1, sp.units + 1)] + [1e-12])
-
-        def counts(scale: float) -> list[int]:
-            return [clamp(math.ceil(sp.units * min(1.0, scale * share) - _CEIL_GUARD), sp)
-                    for sp, share in zip(spectra, shares)]
-
-        return candidates, counts
+        candidates, counts = scaled_widths(spectra, shares, clamp)
+        return np.concatenate([[1e-12], candidates]), counts  # 1e-12: every layer at its floor
 
     def decide(self, spectra, clamp, probe) -> Decision:
         assert probe is not None, "Footprint needs a footprint probe"
@@ -252,9 +259,7 @@ class Uniform(Strategy):
         return "params" if self.params is not None else None
 
     def decide(self, spectra, clamp, probe) -> Decision:
-        def counts_at(ratio: float) -> list[int]:
-            return [clamp(math.ceil(sp.units * ratio - _CEIL_GUARD), sp) for sp in spectra]
-
+        candidates, counts_at = scaled_widths(spectra, [1.0] * len(spectra), clamp)
         ratio = self.ratio
         summary: dict[str, Any] = {}
         if ratio is None:
@@ -263,7 +268,6 @@ class Uniform(Strategy):
             def size(ratio: float) -> int:
                 return probe({sp.name: k for sp, k in zip(spectra, counts_at(ratio))})
 
-            candidates = np.unique([k / sp.units for sp in spectra for k in range(1, sp.units + 1)])
             if size(float(candidates[0])) > self.params:
                 raise PFAError(f"Uniform(params={self.params}) is out of reach: the smallest uniform network has "
                                f"{size(float(candidates[0]))} parameters.")
