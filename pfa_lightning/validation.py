@@ -47,6 +47,13 @@ def check_int(name: str, value: Any, minimum: int, *, optional: bool = False, hi
     return value
 
 
+def check_positive(name: str, value: Any) -> float:
+    """A number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise fail(name, "a number > 0", value)
+    return float(value)
+
+
 def check_fraction(name: str, value: Any) -> float:
     """A number in (0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
@@ -75,5 +82,5 @@ def check_epochs(name: str, value: Any, minimum: int = 1, note: str = "") -> lis
     return sorted(int(e) for e in epochs)
 
 
-__all__ = ["check_bool", "check_choice", "check_epochs", "check_fraction", "check_int", "check_patterns", "fail",
+__all__ = ["check_bool", "check_choice", "check_epochs", "check_fraction", "check_int", "check_patterns", "check_positive", "fail",
            "is_int", "is_sequence"]

@@ -147,6 +147,7 @@ class PFACallback(Callback):
         self.verbose = check_bool("verbose", verbose)
         self.history: list[dict[str, Any]] = []  # one plain dict per compression done, oldest first
         self.analysis_data = ""  # what the latest analysis read, in words
+        self._analysis: tuple[tuple, tuple[Iterable, int | None]] | None = None
         self._example_spec: Any = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
 
@@ -336,7 +337,7 @@ class PFACallback(Callback):
             )
         all_reduce(trainer, stats.tensors())
         if self.verbose:
-            rank_zero_info(f"PFA analysed {int(stats.layers[next(iter(stats))].count)} samples of {self.analysis_data}.")
+            rank_zero_info(f"PFA analysed {stats.num_samples} samples of {self.analysis_data}.")
         self.on_statistics(trainer, pl_module, stats)
         recipe = make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
                              min_units=self.min_units, coupled=self.coupled)
@@ -349,14 +350,20 @@ class PFACallback(Callback):
 
     # -- data --------------------------------------------------------------------------------------
     def _analysis_data(self, trainer: pl.Trainer) -> tuple[Iterable, int | None]:
-        """This rank's share of the analysis data (unconverted batches) and its sample limit."""
-        loader, self.analysis_data = self.dataloader, "the `dataloader` given to PFACallback"
-        if loader is None:
-            loader = single_loader(trainer.train_dataloader, "train")
-            if loader is None:
-                raise PFAError("PFACallback found no train dataloader to analyse; pass `dataloader=`.")
-            loader, self.analysis_data = without_augmentation(loader)
-        return shard(loader, trainer.global_rank, trainer.world_size, self.max_samples, min_per_rank=2)
+        """This rank's share of the analysis data (unconverted batches) and its sample limit; built once
+        per source loader (Lightning makes a new one when it reloads the data)."""
+        source = self.dataloader if self.dataloader is not None else single_loader(trainer.train_dataloader, "train")
+        if source is None:
+            raise PFAError("PFACallback found no train dataloader to analyse; pass `dataloader=`.")
+        key = (source, trainer.global_rank, trainer.world_size)
+        if self._analysis is None or self._analysis[0] != key:
+            if self.dataloader is not None:
+                loader, self.analysis_data = source, "the `dataloader` given to PFACallback"
+            else:
+                loader, self.analysis_data = without_augmentation(source)
+            self._analysis = (key, shard(loader, trainer.global_rank, trainer.world_size, self.max_samples,
+                                         min_per_rank=2))
+        return self._analysis[1]
 
     def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         data, _ = self._analysis_data(trainer)

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from pfa_lightning.errors import PFAError
-from pfa_lightning.validation import check_fraction, fail
+from pfa_lightning.validation import check_fraction, check_positive, fail
 
 
 DISTILL_NEEDS_AUTOMATIC = ("`distill` needs automatic optimization: the callback adds the distillation term to the "
@@ -33,8 +33,7 @@ class Distillation:
     weight: float = 0.5
 
     def __post_init__(self) -> None:
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
-            raise fail("distill.temperature", "a number > 0", self.temperature)
+        check_positive("distill.temperature", self.temperature)
         object.__setattr__(self, "weight", check_fraction("distill.weight", self.weight))
 
     @classmethod

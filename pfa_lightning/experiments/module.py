@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from pfa_lightning.models import MODEL_NAMES, build
-from pfa_lightning.validation import check_choice, fail
+from pfa_lightning.validation import check_choice, check_positive
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
@@ -42,8 +42,7 @@ class ImageClassifier(pl.LightningModule):
         check_choice("arch", arch.lower() if isinstance(arch, str) else arch, MODEL_NAMES)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise fail("lr", "a number > 0", lr)
+        check_positive("lr", lr)
         self.save_hyperparameters()
         sized = {"input_size": input_size} if arch.startswith("vgg") or arch == "simplecnn" else {}
         self.net: nn.Module = build(arch, num_classes=num_classes, in_channels=in_channels, width=width, **sized)

@@ -74,15 +74,20 @@ class ExperimentPFACallback(PFACallback):
 
 
 def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | None:
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     if cfg.pfa.get("strategy") == "none":
         return None
-    unknown = set(cfg.pfa) - set(PFA_OPTIONS)
+    unknown = sorted(set(cfg.pfa) - set(PFA_OPTIONS))
     if unknown:
-        raise fail("pfa", f"a config with keys among {PFA_OPTIONS}; unknown: {sorted(unknown)}",
-                   OmegaConf.to_container(cfg.pfa))
-    options = instantiate(cfg.pfa, _convert_="all")  # e.g. selection: {_target_: pfa_lightning.Random, seed: 1}
+        raise fail("pfa", f"a config whose keys are PFACallback's arguments {PFA_OPTIONS}; unknown keys", unknown)
+    try:  # e.g. selection: {_target_: pfa_lightning.Random, seed: 1}
+        options = instantiate(cfg.pfa, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, PFAError):
+            raise err.__cause__ from None
+        raise PFAError(f"A `pfa` setting could not be built: {str(err).splitlines()[0]}") from None
     analysis = datamodule.analysis_dataloader() if hasattr(datamodule, "analysis_dataloader") else None
     return ExperimentPFACallback(datamodule=datamodule, dataloader=analysis, **options)
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import nn
 
-from pfa_lightning.validation import check_choice, check_int, fail
+from pfa_lightning.validation import check_choice, check_int, check_positive
 
 from pfa_lightning.models.resnet import CifarResNet
 from pfa_lightning.models.simplecnn import SimpleCNN
@@ -43,8 +43,7 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, width: float =
     """
     key = name.lower() if isinstance(name, str) else name
     check_choice("name", key, MODEL_NAMES)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise fail("width", "a number > 0", width)
+    check_positive("width", width)
     check_int("num_classes", num_classes, 1)
     check_int("in_channels", in_channels, 1)
     return _REGISTRY[key](num_classes=num_classes, in_channels=in_channels, width=width, **kwargs)

@@ -29,3 +29,18 @@ def test_other_errors_are_bugs_whatever_their_type():
     assert user_error_message(ValueError("math domain error")) is None
     assert user_error_message(_wrapped(ZeroDivisionError("integer division or modulo by zero"))) is None
     assert user_error_message(RuntimeError("CUDA error")) is None
+
+
+def test_bad_pfa_settings_are_one_clear_error():
+    import pytest
+    from omegaconf import OmegaConf
+
+    from pfa_lightning.experiments.runner import _pfa_callback
+
+    base = {"strategy": "kl", "compress_at": [1]}
+    cases = [({"foo": 1}, r"`pfa` must be a config whose keys are PFACallback's arguments .*got \['foo'\]"),
+             ({"selection": {"_target_": "pfa_lightning.Nope"}}, r"A `pfa` setting could not be built: .*Nope"),
+             ({"selection": {"_target_": "pfa_lightning.Random", "seed": 0.5}}, r"`seed` must be an integer, got 0.5")]
+    for extra, match in cases:
+        with pytest.raises(PFAError, match=match):
+            _pfa_callback(OmegaConf.create({"pfa": {**base, **extra}}), None)
