@@ -99,6 +99,8 @@ class PFACallback(Callback):
         PFAError: any argument out of range, naming it and the allowed values.
     """
 
+    evaluate_at_end = True  # with validate_after: log `pfa/acc_end` when training ends (subclasses may skip it)
+
     def __init__(
         self,
         strategy: str | Strategy = "kl",
@@ -148,6 +150,7 @@ class PFACallback(Callback):
         self.history: list[dict[str, Any]] = []  # one plain dict per compression done, oldest first
         self.analysis_data = ""  # what the latest analysis read, in words
         self._analysis: tuple[tuple, tuple[Iterable, int | None]] | None = None
+        self._evaluated_on = "validation"  # what the latest accuracy was measured on, in words
         self._example_spec: Any = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
 
@@ -255,7 +258,7 @@ class PFACallback(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release_teacher()
-        if self.validate_after and self.history:
+        if self.validate_after and self.evaluate_at_end and self.history:
             accuracy = self._evaluate(trainer, pl_module)
             if accuracy is not None:
                 self.log_metrics(trainer, {"pfa/acc_end": accuracy})
@@ -301,6 +304,7 @@ class PFACallback(Callback):
             "params_before": before["params"], "params_after": after["params"],
             "flops_before": before["flops"], "flops_after": after["flops"],
             "acc_before": acc_before, "acc_cut": acc_cut, "acc_after": acc_after, "recalibrated": recalibrated,
+            "accuracy_on": self._evaluated_on if self.validate_after else None,
         })
         metrics = compression_metrics(self.history[-1], recipe, len(self.history))
         self.log_metrics(trainer, metrics)
@@ -370,14 +374,16 @@ class PFACallback(Callback):
         batch = trainer.precision_plugin.convert_input(peek(data))
         return clone_inputs(first_input(batch), 2, model_device(pl_module))
 
-    def _evaluation_data(self, trainer: pl.Trainer) -> tuple[Iterable, int | None]:
-        """This rank's share of the validation data (all of it), or of the analysis data if none."""
+    def evaluation_data(self, trainer: pl.Trainer) -> tuple[Iterable, int | None, str]:
+        """This rank's share of the data the accuracies are measured on, its sample limit and its name
+        for the log: the validation data (all of it), or the analysis data if there is none.
+        Override to measure elsewhere (the experiments measure on the test split)."""
         val = trainer.val_dataloaders
         if isinstance(val, (list, tuple)) and len(val) == 1:
             val = val[0]
         if isinstance(val, DataLoader):
-            return shard(val, trainer.global_rank, trainer.world_size, None)
-        return self._analysis_data(trainer)
+            return (*shard(val, trainer.global_rank, trainer.world_size, None), "validation")
+        return (*self._analysis_data(trainer), "analysis-data")
 
     # -- measuring ---------------------------------------------------------------------------------
     @staticmethod
@@ -402,7 +408,7 @@ class PFACallback(Callback):
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
         """Accuracy over every rank's share of the evaluation data, or None if not classification."""
-        data, limit = self._evaluation_data(trainer)
+        data, limit, self._evaluated_on = self.evaluation_data(trainer)
         with trainer.precision_plugin.forward_context():
             correct, total = self.count_correct(pl_module, Converted(data, trainer.precision_plugin.convert_input), limit)
         counts = torch.tensor([correct, total], dtype=torch.float64, device=model_device(pl_module))

@@ -34,7 +34,7 @@ def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics
         recalibrated = entry.get("recalibrated")
         cut = f" -> {metrics['pfa/acc_cut']:.4f} (cut)" if recalibrated and "pfa/acc_cut" in metrics else ""
         recalibrated = " (BatchNorm recalibrated)" if recalibrated else ""
-        accuracy = (f", validation accuracy {metrics['pfa/acc_before']:.4f}{cut} -> "
+        accuracy = (f", {entry.get('accuracy_on') or 'validation'} accuracy {metrics['pfa/acc_before']:.4f}{cut} -> "
                     f"{metrics['pfa/acc_after']:.4f}{recalibrated}")
     rank_zero_info(
         f"PFA after epoch {entry['epoch']}: params {entry['params_before']:,} -> {entry['params_after']:,} "

@@ -6,6 +6,8 @@ Its hyper-parameters are plain values (no partials or modules), so checkpoints l
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from pfa_lightning.models import MODEL_NAMES, build
-from pfa_lightning.validation import check_choice, check_positive
+from pfa_lightning.validation import check_choice, check_positive, fail, is_sequence
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
@@ -28,8 +30,13 @@ class ImageClassifier(pl.LightningModule):
         num_classes, in_channels, width: passed to :func:`pfa_lightning.models.build`.
         input_size: image side, for the models whose classifier depends on it (VGG, SimpleCNN).
         optimizer: ``sgd`` (Nesterov momentum ``momentum``), ``adam`` or ``adamw``; ``lr``, ``weight_decay``.
-        scheduler: ``cosine`` (over the whole fit, ``trainer.max_epochs``), ``step`` (x0.1 every
-            ``step_size`` epochs) or ``none``.
+        scheduler: ``cosine`` (over the whole fit, ``trainer.max_epochs``, or over each stage between
+            ``restarts``), ``step`` (x0.1 every ``step_size`` epochs) or ``none``.
+        restarts: epochs (1-based, as ``PFACallback.compress_at``) after which the cosine schedule
+            starts again: each stage decays to zero, so the full network converges before it is
+            compressed and each fine-tuning stage gets a whole schedule of its own. The experiments
+            pass the compression epochs; ``None`` or empty: one schedule over the fit.
+        restart_lr: the peak learning rate of every stage after the first (fine-tuning); ``None``: ``lr``.
 
     Example:
         >>> module = ImageClassifier("vgg16", num_classes=10, lr=0.05)
@@ -37,12 +44,18 @@ class ImageClassifier(pl.LightningModule):
 
     def __init__(self, arch: str = "vgg16", num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  optimizer: str = "sgd", lr: float = 0.05, weight_decay: float = 5e-4, momentum: float = 0.9,
-                 scheduler: str = "cosine", step_size: int = 30, input_size: int = 32) -> None:
+                 scheduler: str = "cosine", step_size: int = 30, input_size: int = 32,
+                 restarts: Sequence[int] | None = None, restart_lr: float | None = None) -> None:
         super().__init__()
         check_choice("arch", arch.lower() if isinstance(arch, str) else arch, MODEL_NAMES)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
         check_positive("lr", lr)
+        if restart_lr is not None:
+            check_positive("restart_lr", restart_lr)
+        if restarts is not None and not (is_sequence(restarts) and all(type(e) is int and e >= 1 for e in restarts)):
+            raise fail("restarts", "a list of epochs >= 1 (or null)", restarts)
+        restarts = sorted(set(restarts or ()))
         self.save_hyperparameters()
         sized = {"input_size": input_size} if arch.startswith("vgg") or arch == "simplecnn" else {}
         self.net: nn.Module = build(arch, num_classes=num_classes, in_channels=in_channels, width=width, **sized)
@@ -84,9 +97,39 @@ class ImageClassifier(pl.LightningModule):
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler == "none":
             return opt
-        if hp.scheduler == "cosine":
-            epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
-            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        else:
+        if hp.scheduler == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=0.1)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        epochs, steps = self._schedule_length()
+        restart_scale = (hp.restart_lr or hp.lr) / hp.lr
+        cosine = StagedCosine([e * steps for e in hp.restarts], epochs * steps, restart_scale)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step" if steps > 1 else "epoch"}}
+
+    def _schedule_length(self) -> tuple[int, int]:
+        """(epochs, optimizer steps per epoch) of the fit; steps 1 (an epoch-wise schedule) when unknown."""
+        trainer = self._trainer
+        epochs = int(trainer.max_epochs) if trainer is not None and (trainer.max_epochs or 0) > 0 else 1
+        try:
+            total = float(trainer.estimated_stepping_batches) if trainer is not None else 0.0
+        except Exception:  # Lightning raises its own exception types when no data is attached yet
+            total = 0.0
+        return epochs, max(1, int(total) // epochs) if 0 < total < math.inf else 1
+
+
+class StagedCosine:
+    """LR factor of step ``t`` (0-based; a step is an epoch or an optimizer step): a cosine from 1
+    to 0 over each stage ``[start, end)``, the stages cut at ``restarts`` (steps completed before
+    each restart); after the first stage the factor is scaled by ``restart_scale``. A class, not a
+    closure, so ``LambdaLR`` can save it."""
+
+    def __init__(self, restarts: Sequence[int], total: int, restart_scale: float = 1.0) -> None:
+        self.bounds = [0, *(e for e in sorted(restarts) if 0 < e < total), max(total, 1)]
+        self.restart_scale = restart_scale
+
+    def __call__(self, step: int) -> float:
+        for i, (start, end) in enumerate(zip(self.bounds, self.bounds[1:])):
+            if step < end or i == len(self.bounds) - 2:
+                position = min(max(step - start, 0), end - start) / (end - start)
+                return (1.0 if i == 0 else self.restart_scale) * 0.5 * (1 + math.cos(math.pi * position))
+        return 0.0  # pragma: no cover (the last stage catches every later epoch)

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pytorch_lightning as pl
 import torch
@@ -22,10 +22,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from pfa_lightning.callback import PFACallback
+from pfa_lightning.callback.data import shard
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.nested import first_input
-from pfa_lightning.recalibration import batchnorm_layers
 from pfa_lightning.recipe import Recipe, spectra_of
 from pfa_lightning.stats import ResponseStats, model_device
 from pfa_lightning.validation import fail
@@ -38,39 +38,27 @@ PFA_OPTIONS = tuple(name for name in inspect.signature(PFACallback.__init__).par
 
 
 class ExperimentPFACallback(PFACallback):
-    """:class:`PFACallback` that also measures *test* accuracy right before and after each surgery
-    and keeps the analysed spectra for plots."""
+    """:class:`PFACallback` that measures its accuracies (right before and after each surgery, after
+    BatchNorm recalibration, at the end) on the data module's *test* split — the split the final
+    accuracy is measured on — and keeps the analysed spectra for plots."""
+
+    evaluate_at_end = False  # the run tests the final network itself
 
     def __init__(self, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.datamodule = datamodule
-        self._test_acc_cut: float | None = None
         self.spectra: list[dict[str, list[float]]] = []
 
     def on_statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stats: ResponseStats) -> None:
         self.spectra.append({name: eig.tolist() for name, eig in spectra_of(stats).items()})
 
-    def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Recipe:
-        before = self.test_accuracy(pl_module)
-        recipe = super().compress(trainer, pl_module, epoch)
-        after = self.test_accuracy(pl_module)
-        self.history[-1].update(test_acc_before=before, test_acc_cut=self._test_acc_cut, test_acc_after=after)
-        self.log_metrics(trainer, {f"pfa/test_acc_{when}": v for when, v in
-                                   (("before", before), ("cut", self._test_acc_cut), ("after", after)) if v is not None})
-        return recipe
-
-    def on_surgery(self, trainer: pl.Trainer, pl_module: pl.LightningModule, recipe: Recipe) -> None:
-        recalibrating = self.recalibrate and bool(batchnorm_layers(pl_module))
-        self._test_acc_cut = self.test_accuracy(pl_module) if recalibrating else None
-
-    def test_accuracy(self, pl_module: pl.LightningModule) -> float | None:
-        """Accuracy on the data module's test split (the target classes when specialising)."""
+    def evaluation_data(self, trainer: pl.Trainer) -> tuple[Iterable, int | None, str]:
+        """This rank's share of the test split (the target classes when specialising)."""
         if self.datamodule is None:
-            return None
+            return super().evaluation_data(trainer)
         dm = self.datamodule
-        data = dm.test_dataloader(specialized=bool(dm.specialize_classes))
-        correct, total = self.count_correct(pl_module, data)
-        return correct / total if total else None
+        loader = dm.test_dataloader(specialized=bool(dm.specialize_classes))
+        return (*shard(loader, trainer.global_rank, trainer.world_size, None), "test")
 
 
 def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | None:
@@ -163,12 +151,15 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             "name": str(cfg.name),
             "params_full": params_full, "params_compressed": count_params(module),
             "flops_full": flops_full, "flops_compressed": count_flops(module, x.to(model_device(module))),
-            "acc_full": history[0]["test_acc_before"] if history else acc_final,
-            "acc_after_surgery": (history[0]["test_acc_cut"] if history[0].get("recalibrated")
-                                  else history[0]["test_acc_after"]) if history else None,
-            "acc_after_recalibration": history[0]["test_acc_after"] if history and history[0].get("recalibrated")
+            "acc_full": history[0]["acc_before"] if history else acc_final,
+            "acc_after_surgery": (history[0]["acc_cut"] if history[0].get("recalibrated")
+                                  else history[0]["acc_after"]) if history else None,
+            "acc_after_recalibration": history[0]["acc_after"] if history and history[0].get("recalibrated")
             else None,
             "acc_final": acc_final,
+            # what each accuracy is: the full network after `epochs_full` epochs, the final one after `epochs_final`
+            "epochs_full": history[0]["epoch"] if history else int(trainer.current_epoch),
+            "epochs_final": int(trainer.current_epoch),
             "recipe": history[-1]["recipe"] if history else None,
             "compressions": [{k: v for k, v in h.items() if k != "recipe"} for h in history],
             "recipes": [h["recipe"] for h in history],
@@ -204,11 +195,13 @@ def _print_summary(out: Path, results: dict[str, Any]) -> None:
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
     log.info(
-        "%s: params %s -> %s (%.1f%%), FLOPs %s -> %s (%.1f%%); test accuracy: full %s, right after surgery %s, "
-        "after BatchNorm recalibration %s, final %s. Results in %s", results["name"], f"{results['params_full']:,}",
-        f"{results['params_compressed']:,}", 100 * results["params_ratio"], f"{results['flops_full']:,}",
-        f"{results['flops_compressed']:,}", 100 * results["flops_ratio"], pct(results["acc_full"]),
-        pct(results["acc_after_surgery"]), pct(results.get("acc_after_recalibration")), pct(results["acc_final"]), out,
+        "%s: params %s -> %s (%.1f%%), FLOPs %s -> %s (%.1f%%); test accuracy: full network after %d epochs %s, "
+        "right after surgery %s, after BatchNorm recalibration %s, compressed network after %d epochs in all %s. "
+        "Results in %s", results["name"], f"{results['params_full']:,}", f"{results['params_compressed']:,}",
+        100 * results["params_ratio"], f"{results['flops_full']:,}", f"{results['flops_compressed']:,}",
+        100 * results["flops_ratio"], results["epochs_full"], pct(results["acc_full"]),
+        pct(results["acc_after_surgery"]), pct(results.get("acc_after_recalibration")), results["epochs_final"],
+        pct(results["acc_final"]), out,
     )
 
 
@@ -227,11 +220,11 @@ def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACall
     if pfa_cb is not None and pfa_cb.spectra:
         first = Recipe.from_dict(results["recipes"][0])
         figures["spectra"] = plot_spectra(pfa_cb.spectra[0], {l.name: l.kept for l in first.layers})
-    points = [(1.0, results["acc_full"], "full")]
+    points = [(1.0, results["acc_full"], f"full ({results['epochs_full']} epochs)")]
     for i, c in enumerate(results["compressions"]):
         ratio = c["params_after"] / results["params_full"]
-        points += [(ratio, c.get("test_acc_after"), f"after surgery {i + 1}")]
-    points.append((results["params_ratio"], results["acc_final"], "final"))
+        points += [(ratio, c.get("acc_after"), f"after surgery {i + 1}")]
+    points.append((results["params_ratio"], results["acc_final"], f"final ({results['epochs_final']} epochs in all)"))
     points = [p for p in points if p[1] is not None]
     if points:
         f, a, labels = zip(*points)

@@ -127,6 +127,9 @@ def test_end_to_end_on_digits_with_wandb_offline(tmp_path):
     assert results["params_compressed"] < results["params_full"]
     assert results["flops_compressed"] < results["flops_full"]
     assert results["acc_full"] > 0.5 and results["acc_final"] > 0.5  # real accuracies on the digits test split
+    assert (results["epochs_full"], results["epochs_final"]) == (2, 3)  # what each accuracy is
+    assert results["compressions"][0]["accuracy_on"] == "test"
+    assert "full network after 2 epochs" in proc.stderr + proc.stdout
     assert (out / "final.ckpt").exists() and (out / "recipe.txt").exists()
     assert (out / "spectra.png").exists() and (out / "accuracy_vs_footprint.png").exists()
     runs = list((out / "wandb").glob("offline-run-*"))
