@@ -7,6 +7,7 @@ plots under ``benchmarks/results/``:
     python benchmarks/run_all.py --model resnet56 --width 1 --dataset cifar10 --epochs 30 --finetune-epochs 10
 
 Sections:
+- the main job timed (``benchmarks/main_job.py``, run separately: ~4 min), rendered from its saved results;
 - the budget sweep (``benchmarks/budget_sweep.py``, run separately: ~1 h), rendered from its saved results;
 - quality at PFA-KL's footprint: full model; PFA-KL; PFA-Energy at 3 thresholds; at PFA-KL's widths: random and
   weight_l1 selection; uniform width scaling at PFA-KL's parameter count; PFA-KL's architecture
@@ -389,6 +390,13 @@ def reading(data: dict) -> list[str]:
     return out
 
 
+def main_job_section() -> list[str]:
+    """The timed main job (``benchmarks/main_job.py``), when its results exist."""
+    from main_job import RAW, section
+
+    return section(json.loads(RAW.read_text())) if RAW.exists() else []
+
+
 def budget_section() -> list[str]:
     """The budget sweep's section (``benchmarks/budget_sweep.py``), when its results exist."""
     from budget_sweep import RAW, section
@@ -404,6 +412,7 @@ def report(data: dict) -> str:
         f"Model {args['model']} (width x{args['width']:g}) on {args['dataset']}; {args['seeds']} seeds; every arm trains "
         f"{args['epochs']} + {args['finetune_epochs']} epochs (SGD, cosine); PFA analysis on at most {args['max_samples']} "
         "training samples. Numbers are measured on this machine, not quoted from the paper.", "",
+        *main_job_section(),
         *budget_section(),
         "## Quality at PFA-KL's own footprint (accuracy in %, mean ± std over seeds)", "",
         "| arm | params % | FLOPs % | accuracy right after surgery | final accuracy |",
