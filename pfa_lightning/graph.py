@@ -9,6 +9,8 @@ space. Spaces that reach the model's output (the classifier) are never analysed.
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,33 +46,52 @@ def _saved(grad_fn: Any, attr: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def _elu(x: Tensor, alpha: float, scale: float, input_scale: float) -> Tensor:
+    """torch's ELU family (ELU, SELU) with its saved constants: ``scale * x`` for x > 0, else
+    ``scale * alpha * (exp(input_scale * x) - 1)``."""
+    return scale * torch.where(x > 0, x, alpha * torch.expm1(input_scale * x))
+
+
 def _activation_of(grad_fn: Any) -> Activation | None:
-    """The activation an autograd node computes, or None when it is not a known element-wise one."""
+    """The activation an autograd node computes (in-place variants included, with their parameters),
+    or None when it is not a known element-wise one."""
     if grad_fn is None:
         return None
-    kind = grad_fn.name()
-    if kind == "ReluBackward0":
+    kind = re.sub(r"Backward\d+$", "", grad_fn.name())  # LeakyReluBackward1 is the in-place LeakyReLU
+    if kind == "Relu":
         return Activation("ReLU", torch.relu, True)
-    if kind == "LeakyReluBackward0":
+    if kind == "LeakyRelu":
         slope = float(_saved(grad_fn, "_saved_negative_slope", 0.01))
         return Activation(f"LeakyReLU({slope:g})", partial(F.leaky_relu, negative_slope=slope), slope >= 0)
-    if kind == "HardtanhBackward0":
+    if kind == "Hardtanh":
         lo, hi = float(_saved(grad_fn, "_saved_min_val", -1.0)), float(_saved(grad_fn, "_saved_max_val", 1.0))
         return Activation(f"Hardtanh({lo:g}, {hi:g})", partial(F.hardtanh, min_val=lo, max_val=hi), True)
-    if kind == "EluBackward0":
+    if kind == "Elu":  # ELU, and SELU (its scale and alpha)
         alpha = float(_saved(grad_fn, "_saved_alpha", 1.0))
-        return Activation(f"ELU({alpha:g})", partial(F.elu, alpha=alpha), alpha >= 0)
-    if kind == "GeluBackward0":
+        scale = float(_saved(grad_fn, "_saved_scale", 1.0))
+        input_scale = float(_saved(grad_fn, "_saved_input_scale", 1.0))
+        selu = math.isclose(alpha, 1.6732632423543772) and math.isclose(scale, 1.0507009873554805)
+        name = "SELU" if selu and input_scale == 1 else f"ELU({alpha:g}, scale={scale:g})" if scale != 1 else f"ELU({alpha:g})"
+        fn = partial(_elu, alpha=alpha, scale=scale, input_scale=input_scale)
+        return Activation(name, fn, alpha * scale >= 0 and scale > 0 and input_scale > 0)
+    if kind == "Celu":
+        alpha = float(_saved(grad_fn, "_saved_alpha", 1.0))
+        return Activation(f"CELU({alpha:g})", partial(F.celu, alpha=alpha), alpha > 0)
+    if kind == "Softplus":
+        beta, threshold = float(_saved(grad_fn, "_saved_beta", 1.0)), float(_saved(grad_fn, "_saved_threshold", 20.0))
+        # above the threshold it is x itself: a drop of log(1 + e^-t) / beta there, negligible only for a large t
+        return Activation(f"Softplus({beta:g}, {threshold:g})", partial(F.softplus, beta=beta, threshold=threshold),
+                          beta > 0 and threshold >= 15)
+    if kind == "Gelu":
         approx = str(_saved(grad_fn, "_saved_approximate", "none"))
-        return Activation("GELU", partial(F.gelu, approximate=approx), False)
+        return Activation("GELU" if approx == "none" else f"GELU({approx})", partial(F.gelu, approximate=approx), False)
     simple = {
-        "SigmoidBackward0": ("Sigmoid", torch.sigmoid, True),
-        "TanhBackward0": ("Tanh", torch.tanh, True),
-        "SiluBackward0": ("SiLU", F.silu, False),
-        "HardswishBackward0": ("Hardswish", F.hardswish, False),
-        "HardsigmoidBackward0": ("Hardsigmoid", F.hardsigmoid, True),
-        "MishBackward0": ("Mish", F.mish, False),
-        "SoftplusBackward0": ("Softplus", F.softplus, True),
+        "Sigmoid": ("Sigmoid", torch.sigmoid, True),
+        "Tanh": ("Tanh", torch.tanh, True),
+        "Silu": ("SiLU", F.silu, False),
+        "Hardswish": ("Hardswish", F.hardswish, False),
+        "Hardsigmoid": ("Hardsigmoid", F.hardsigmoid, True),
+        "Mish": ("Mish", F.mish, False),
     }
     if kind in simple:
         return Activation(*simple[kind])
@@ -149,6 +170,30 @@ class ModelState:
             module.training = training
 
 
+def _untraceable(model: nn.Module, names: Mapping[nn.Module, str], err: BaseException) -> str:
+    """Why Torch-Pruning could not map ``model``'s channels, naming the layer the failing operation reads."""
+    node, tb = None, err.__traceback__
+    while tb is not None:  # the graph node Torch-Pruning was mapping when it failed
+        node = tb.tb_frame.f_locals.get("node", node) if "torch_pruning" in tb.tb_frame.f_code.co_filename else node
+        tb = tb.tb_next
+    where, op = "", ""
+    if node is not None and hasattr(node, "inputs"):
+        op = f" at a {type(node.module).__name__.strip('_').replace('Op', '').lower() or 'tensor'} operation"
+        queue, seen = list(node.inputs), set()
+        while queue:  # breadth first, up to the nearest named layer
+            current = queue.pop(0)
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if current.module in names:
+                where = f" that reads layer {names[current.module]!r}"
+                break
+            queue.extend(current.inputs)
+    return (f"PFA cannot map the channels of {type(model).__name__}{op}{where}: Torch-Pruning's dependency graph "
+            f"failed ({type(err).__name__}: {err}). Reshapes that mix channels across groups (e.g. ShuffleNet's "
+            "channel shuffle) are not supported; the model was not changed.")
+
+
 class ModelGraph:
     """Channel spaces and response points of ``model``, traced on ``example_inputs``.
 
@@ -167,6 +212,8 @@ class ModelGraph:
                     model, example_inputs=_with_grad(clone_inputs(example_inputs, 2)), forward_fn=run_model,
                     verbose=False,
                 )
+        except (ArithmeticError, IndexError, KeyError, AssertionError) as err:  # Torch-Pruning's index maps
+            raise PFAError(_untraceable(model, self._names, err)) from err
         finally:
             state.restore_training_flags()
         self.spaces: list[ChannelSpace] = self._find_spaces()
