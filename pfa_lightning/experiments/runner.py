@@ -38,9 +38,9 @@ PFA_OPTIONS = tuple(name for name in inspect.signature(PFACallback.__init__).par
 
 
 class ExperimentPFACallback(PFACallback):
-    """:class:`PFACallback` that measures its accuracies (right before and after each surgery, after
-    BatchNorm recalibration, at the end) on the data module's *test* split — the split the final
-    accuracy is measured on — and keeps the analysed spectra for plots."""
+    """:class:`PFACallback` that measures its accuracies (right before each surgery, right after it,
+    after BatchNorm recalibration) on the data module's *test* split — the split the final accuracy
+    is measured on — and keeps the analysed spectra for plots."""
 
     evaluate_at_end = False  # the run tests the final network itself
 
