@@ -324,7 +324,7 @@ def _verdict(arms: dict, ranked: list[str]) -> str:
 
 def reading(data: dict) -> list[str]:
     """What the numbers say, computed from them (no number here is typed by hand)."""
-    arms, args = data["arms"], data["args"]
+    arms = data["arms"]
     kl = arms["PFA-KL"]
     out = ["## Reading the numbers", ""]
     same = [n for n in ("random @ KL widths", "weight_l1 @ KL widths", "uniform @ KL params") if n in arms]

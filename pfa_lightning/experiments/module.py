@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from pfa_lightning.models import MODEL_NAMES, build
-from pfa_lightning.validation import check_bool, check_choice, check_positive, fail, is_sequence
+from pfa_lightning.validation import check_choice, check_positive, fail, is_sequence
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
@@ -37,9 +37,6 @@ class ImageClassifier(pl.LightningModule):
             compressed and each fine-tuning stage gets a whole schedule of its own. The experiments
             pass the compression epochs; ``None`` or empty: one schedule over the fit.
         restart_lr: the peak learning rate of every stage after the first (fine-tuning); ``None``: ``lr``.
-        channels_last: keep the network's weights and its image inputs in channels-last memory
-            layout (again after each surgery): about 8% faster convolutions on CPU, and what GPU
-            mixed precision wants. The numbers are the same.
 
     Example:
         >>> module = ImageClassifier("vgg16", num_classes=10, lr=0.05)
@@ -48,14 +45,12 @@ class ImageClassifier(pl.LightningModule):
     def __init__(self, arch: str = "vgg16", num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  optimizer: str = "sgd", lr: float = 0.05, weight_decay: float = 5e-4, momentum: float = 0.9,
                  scheduler: str = "cosine", step_size: int = 30, input_size: int = 32,
-                 restarts: Sequence[int] | None = None, restart_lr: float | None = None,
-                 channels_last: bool = True) -> None:
+                 restarts: Sequence[int] | None = None, restart_lr: float | None = None) -> None:
         super().__init__()
         check_choice("arch", arch.lower() if isinstance(arch, str) else arch, MODEL_NAMES)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
         check_positive("lr", lr)
-        check_bool("channels_last", channels_last)
         if restart_lr is not None:
             check_positive("restart_lr", restart_lr)
         if restarts is not None and not (is_sequence(restarts) and all(type(e) is int and e >= 1 for e in restarts)):
@@ -70,15 +65,7 @@ class ImageClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.hparams.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
-
-    def on_train_epoch_start(self) -> None:
-        # every epoch, as a surgery may have given layers new weights in the default layout; the
-        # parameters stay the same objects (their data is converted), so the optimizer is unaffected
-        if self.hparams.channels_last:
-            self.net.to(memory_format=torch.channels_last)
 
     def _step(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> Tensor:
         x, y = batch[0], batch[1]

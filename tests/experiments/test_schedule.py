@@ -1,6 +1,5 @@
-"""The experiments' ImageClassifier: the learning-rate schedule (one cosine per stage, cut at the
-compressions, so the full network converges before it is compressed and fine-tuning gets a schedule of
-its own) and the channels-last layout (kept after a surgery)."""
+"""The experiments' learning-rate schedule: one cosine per stage, cut at the compressions, so the full
+network converges before it is compressed and fine-tuning gets a schedule of its own."""
 
 from __future__ import annotations
 
@@ -58,18 +57,3 @@ def test_inside_a_compressed_fit_the_rate_restarts_at_restart_lr(tmp_path):
     assert stage1[0] == pytest.approx(0.1) and stage1[-1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
     assert stage2[0] == pytest.approx(0.02)  # the optimizer rebuilt for the cut network starts the new stage
     assert stage2 == sorted(stage2, reverse=True) and stage2[-1] < 0.01
-    convs = [p for p in module.net.parameters() if p.dim() == 4]
-    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)  # again after the cut
-
-
-def test_channels_last_changes_the_layout_not_the_numbers():
-    torch.manual_seed(0)
-    plain = ImageClassifier("simplecnn", width=0.25, input_size=16, channels_last=False).eval()
-    fast = ImageClassifier("simplecnn", width=0.25, input_size=16, channels_last=True).eval()
-    fast.load_state_dict(plain.state_dict())
-    fast.on_train_epoch_start()
-    x = torch.randn(4, 3, 16, 16)
-    assert torch.allclose(plain(x), fast(x), atol=1e-5)
-    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.net.parameters() if p.dim() == 4)
-    with pytest.raises(PFAError, match="`channels_last`"):
-        ImageClassifier("simplecnn", channels_last="yes")
