@@ -39,6 +39,10 @@ def one_run(workdir: Path) -> dict:
     return {"seconds": seconds, **{k: results[k] for k in keys}}
 
 
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
 def section(data: dict) -> list[str]:
     runs = data["runs"]
     worst = max(r["seconds"] for r in runs)
@@ -51,8 +55,6 @@ def section(data: dict) -> list[str]:
              "| after BatchNorm recalibration | compressed network (after N epochs in all) |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, r in enumerate(runs, 1):
-        def pct(v: float | None) -> str:
-            return "—" if v is None else f"{100 * v:.1f}"
         lines.append(f"| {i} | {r['seconds']:.0f} | {pct(r['params_ratio'])} | {pct(r['flops_ratio'])} | "
                      f"{pct(r['acc_full'])} ({r['epochs_full']}) | {pct(r['acc_after_surgery'])} | "
                      f"{pct(r['acc_after_recalibration'])} | {pct(r['acc_final'])} ({r['epochs_final']}) |")

@@ -69,16 +69,26 @@ def kl_keep_ratio(spectrum: Spectrum) -> tuple[float, float]:
     return kl, 1.0 - kl / math.log(m)
 
 
-def largest_fitting(candidates: np.ndarray, fits: Callable[[float], bool]) -> int:
-    """Index of the largest candidate (ascending) that ``fits``, by bisection; ``fits`` must be monotone
-    and hold for ``candidates[0]``."""
+def largest_fitting(candidates: np.ndarray, size: Callable[[float], int], target: float) -> tuple[int, int]:
+    """(index, size) of the largest candidate (ascending) whose ``size`` is at most ``target``, by
+    bisection (``size`` must grow with the candidate); each size is measured once. Index -1, with the
+    size of the smallest candidate, when even that one is over the target."""
+    sizes: dict[int, int] = {}
+
+    def fits(i: int) -> bool:
+        if i not in sizes:
+            sizes[i] = size(float(candidates[i]))
+        return sizes[i] <= target
+
     lo, hi = 0, len(candidates) - 1
-    if fits(float(candidates[hi])):
-        return hi
+    if not fits(lo):
+        return -1, sizes[lo]
+    if fits(hi):
+        return hi, sizes[hi]
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(float(candidates[mid])) else (lo, mid)
-    return lo
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, sizes[lo]
 
 
 def scaled_widths(spectra: Sequence[Spectrum], shares: Sequence[float], clamp: Callable[[int, Spectrum], int]
@@ -209,16 +219,15 @@ class Footprint(Strategy):
 
         full = probe({})
         target = self.ratio * full
-        smallest = size(counts_at(float(candidates[0])))
-        if smallest > target:
+        index, achieved = largest_fitting(candidates, lambda v: size(counts_at(v)), target)
+        if index < 0:
             raise PFAError(
                 f"Footprint ratio {self.ratio:g} ({self.metric}) is out of reach: the smallest network this "
-                f"strategy can produce (every layer at its floor) has ratio {smallest / full:.4f}. "
+                f"strategy can produce (every layer at its floor) has ratio {achieved / full:.4f}. "
                 "Use a larger ratio or a smaller `min_units`."
             )
-        value = float(candidates[largest_fitting(candidates, lambda v: size(counts_at(v)) <= target)])
+        value = float(candidates[index])
         counts = counts_at(value)
-        achieved = size(counts)
         diags = [{"energy_kept": float(sp.energy_fractions()[k - 1]), "units_ratio": k / sp.units}
                  for sp, k in zip(spectra, counts)]
         summary = {"allocation": self.allocation, "threshold" if self.allocation == "energy" else "scale": value,
@@ -268,11 +277,12 @@ class Uniform(Strategy):
             def size(ratio: float) -> int:
                 return probe({sp.name: k for sp, k in zip(spectra, counts_at(ratio))})
 
-            if size(float(candidates[0])) > self.params:
+            index, achieved = largest_fitting(candidates, size, self.params)
+            if index < 0:
                 raise PFAError(f"Uniform(params={self.params}) is out of reach: the smallest uniform network has "
-                               f"{size(float(candidates[0]))} parameters.")
-            ratio = float(candidates[largest_fitting(candidates, lambda r: size(r) <= self.params)])
-            summary = {"ratio": ratio, "target_params": self.params, "achieved_params": size(ratio)}
+                               f"{achieved} parameters.")
+            ratio = float(candidates[index])
+            summary = {"ratio": ratio, "target_params": self.params, "achieved_params": achieved}
         counts = counts_at(ratio)
         return Decision(counts, [{"units_ratio": k / sp.units} for k, sp in zip(counts, spectra)], summary)
 

@@ -54,6 +54,7 @@ def check_module(pl_module: pl.LightningModule, inputs: Any, strategy: Strategy,
     _, chosen = analysable_layers(pl_module, graph, layers, exclude, verb="compress")
     _check_reachable(pl_module, graph, chosen, inputs, strategy, min_units, coupled)
 
+
 def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: set[str], inputs: Any,
                      strategy: Strategy, min_units: int, coupled: str) -> None:
     """Refuse a footprint target that even every layer at ``min_units`` cannot meet, before training."""

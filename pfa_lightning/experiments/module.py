@@ -6,6 +6,7 @@ Its hyper-parameters are plain values (no partials or modules), so checkpoints l
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -128,8 +129,7 @@ class StagedCosine:
         self.restart_scale = restart_scale
 
     def __call__(self, step: int) -> float:
-        for i, (start, end) in enumerate(zip(self.bounds, self.bounds[1:])):
-            if step < end or i == len(self.bounds) - 2:
-                position = min(max(step - start, 0), end - start) / (end - start)
-                return (1.0 if i == 0 else self.restart_scale) * 0.5 * (1 + math.cos(math.pi * position))
-        return 0.0  # pragma: no cover (the last stage catches every later epoch)
+        stage = min(bisect.bisect_right(self.bounds, step) - 1, len(self.bounds) - 2)  # the last stage runs on
+        start, end = self.bounds[stage], self.bounds[stage + 1]
+        position = min(step - start, end - start) / (end - start)
+        return (1.0 if stage == 0 else self.restart_scale) * 0.5 * (1 + math.cos(math.pi * position))

@@ -152,10 +152,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             "params_full": params_full, "params_compressed": count_params(module),
             "flops_full": flops_full, "flops_compressed": count_flops(module, x.to(model_device(module))),
             "acc_full": history[0]["acc_before"] if history else acc_final,
-            "acc_after_surgery": (history[0]["acc_cut"] if history[0].get("recalibrated")
-                                  else history[0]["acc_after"]) if history else None,
-            "acc_after_recalibration": history[0]["acc_after"] if history and history[0].get("recalibrated")
-            else None,
+            "acc_after_surgery": history[0]["acc_cut"] if history else None,
+            "acc_after_recalibration": history[0]["acc_after"] if history and history[0]["recalibrated"] else None,
             "acc_final": acc_final,
             # what each accuracy is: the full network after `epochs_full` epochs, the final one after `epochs_final`
             "epochs_full": history[0]["epoch"] if history else int(trainer.current_epoch),

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import pytorch_lightning as pl
-import torch
 
 from pfa_lightning import PFAError
 from pfa_lightning.experiments.datamodules import SyntheticDataModule
