@@ -150,7 +150,6 @@ class PFACallback(Callback):
         self.history: list[dict[str, Any]] = []  # one plain dict per compression done, oldest first
         self.analysis_data = ""  # what the latest analysis read, in words
         self._analysis: tuple[tuple, tuple[Iterable, int | None]] | None = None
-        self._evaluated_on = "validation"  # what the latest accuracy was measured on, in words
         self._example_spec: Any = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
 
@@ -259,7 +258,7 @@ class PFACallback(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release_teacher()
         if self.validate_after and self.evaluate_at_end and self.history:
-            accuracy = self._evaluate(trainer, pl_module)
+            accuracy, _ = self._evaluate(trainer, pl_module)
             if accuracy is not None:
                 self.log_metrics(trainer, {"pfa/acc_end": accuracy})
 
@@ -270,7 +269,7 @@ class PFACallback(Callback):
         inputs = self._example_inputs(trainer, pl_module)
         sync_buffers(trainer, pl_module)
         before = self._footprint(pl_module, inputs)
-        acc_before = self._evaluate(trainer, pl_module) if self.validate_after else None
+        acc_before, accuracy_on = self._evaluate(trainer, pl_module) if self.validate_after else (None, None)
 
         recipe, stats = self._decide(trainer, pl_module, inputs)
         old_params = dict(pl_module.named_parameters())
@@ -295,16 +294,16 @@ class PFACallback(Callback):
 
         after = self._footprint(pl_module, inputs)
         self.on_surgery(trainer, pl_module, recipe)
-        acc_cut = self._evaluate(trainer, pl_module) if self.validate_after else None
+        acc_cut = self._evaluate(trainer, pl_module)[0] if self.validate_after else None
         recalibrated = self.recalibrate and self._recalibrate(trainer, pl_module)
-        acc_after = self._evaluate(trainer, pl_module) if self.validate_after and recalibrated else acc_cut
+        acc_after = self._evaluate(trainer, pl_module)[0] if self.validate_after and recalibrated else acc_cut
         self._example_spec = self._example_spec or input_spec(inputs)
         self.history.append({
             "epoch": epoch, "global_step": int(trainer.global_step), "recipe": recipe.to_dict(),
             "params_before": before["params"], "params_after": after["params"],
             "flops_before": before["flops"], "flops_after": after["flops"],
             "acc_before": acc_before, "acc_cut": acc_cut, "acc_after": acc_after, "recalibrated": recalibrated,
-            "accuracy_on": self._evaluated_on if self.validate_after else None,
+            "accuracy_on": accuracy_on,
         })
         metrics = compression_metrics(self.history[-1], recipe, len(self.history))
         self.log_metrics(trainer, metrics)
@@ -406,14 +405,14 @@ class PFACallback(Callback):
             return None
         return int((output.argmax(1).cpu() == target.cpu()).sum()), int(target.numel())
 
-    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
-        """Accuracy over every rank's share of the evaluation data, or None if not classification."""
-        data, limit, self._evaluated_on = self.evaluation_data(trainer)
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float | None, str]:
+        """(Accuracy over every rank's share of the evaluation data, or None if not classification; the data's name)."""
+        data, limit, name = self.evaluation_data(trainer)
         with trainer.precision_plugin.forward_context():
             correct, total = self.count_correct(pl_module, Converted(data, trainer.precision_plugin.convert_input), limit)
         counts = torch.tensor([correct, total], dtype=torch.float64, device=model_device(pl_module))
         all_reduce(trainer, [counts])
-        return float(counts[0] / counts[1]) if counts[1] > 0 else None
+        return (float(counts[0] / counts[1]) if counts[1] > 0 else None), name
 
     def count_correct(self, pl_module: pl.LightningModule, batches: Iterable, limit: int | None = None) -> tuple[int, int]:
         """Correct predictions and samples over ``batches`` (eval mode, no grad); (0, 0) if not classification."""
