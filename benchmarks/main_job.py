@@ -60,7 +60,14 @@ def section(data: dict) -> list[str]:
                      f"{pct(r['acc_after_recalibration'])} | {pct(r['acc_final'])} ({r['epochs_final']}) |")
     finals = {r["acc_final"] for r in runs}
     lines += ["", "Every run is seed 0" + (" (they differ a little: CPU training here is not bitwise reproducible)."
-                                           if len(finals) > 1 else "."), ""]
+                                           if len(finals) > 1 else "."),
+              "", "Where the time goes (one run, Lightning's simple profiler and cProfile): imports ~9 s (torch, "
+              "Lightning, torchmetrics, Hydra), 2 full-width epochs ~70 s, the compression ~20 s (the analysis pass over "
+              "1,259 images ~10 s; test accuracy before, right after the surgery and after recalibration ~4.5 s; "
+              "BatchNorm recalibration ~2.5 s; recipe, graph and surgery ~2.5 s), 1 fine-tuning epoch ~9 s, validation, "
+              "test and outputs ~5 s. Inference passes run at batch 64 (`dataset.eval_batch_size` in "
+              "`conf/dataset/digits.yaml`): on this CPU VGG-16's forward pass is ~12% cheaper per image at 64 than at "
+              "256, with the same results (runs at 256: 114-125 s).", ""]
     return lines
 
 
