@@ -14,88 +14,30 @@ import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
-from torch import Tensor, nn
+from torch import nn
 
+from pfa_lightning.activations import UNKNOWN_ACTIVATION, Activation, activation_of
 from pfa_lightning.errors import PFAError
 from pfa_lightning.nested import clone_inputs, map_nested, run_model
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+# walked through like BatchNorm when finding the tensor to read (a layer's response is read after its norm)
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
 
 
-@dataclass(frozen=True)
-class Activation:
-    """A non-linearity applied to a layer's output, recovered from the autograd graph."""
-
-    name: str
-    fn: Callable[[Tensor], Tensor]
-    monotone: bool  # non-decreasing: then act(max(x)) == max(act(x)) and pooling may go first
-
-
-def _saved(grad_fn: Any, attr: str, default: Any) -> Any:
-    try:
-        value = getattr(grad_fn, attr)
-    except Exception:  # attribute absent in this torch build
-        return default
-    return default if value is None else value
-
-
-def _elu(x: Tensor, alpha: float, scale: float, input_scale: float) -> Tensor:
-    """torch's ELU family (ELU, SELU) with its saved constants: ``scale * x`` for x > 0, else
-    ``scale * alpha * (exp(input_scale * x) - 1)``."""
-    return scale * torch.where(x > 0, x, alpha * torch.expm1(input_scale * x))
-
-
-def _activation_of(grad_fn: Any) -> Activation | None:
-    """The activation an autograd node computes (in-place variants included, with their parameters),
-    or None when it is not a known element-wise one."""
-    if grad_fn is None:
-        return None
-    kind = re.sub(r"Backward\d+$", "", grad_fn.name())  # LeakyReluBackward1 is the in-place LeakyReLU
-    if kind == "Relu":
-        return Activation("ReLU", torch.relu, True)
-    if kind == "LeakyRelu":
-        slope = float(_saved(grad_fn, "_saved_negative_slope", 0.01))
-        return Activation(f"LeakyReLU({slope:g})", partial(F.leaky_relu, negative_slope=slope), slope >= 0)
-    if kind == "Hardtanh":
-        lo, hi = float(_saved(grad_fn, "_saved_min_val", -1.0)), float(_saved(grad_fn, "_saved_max_val", 1.0))
-        return Activation(f"Hardtanh({lo:g}, {hi:g})", partial(F.hardtanh, min_val=lo, max_val=hi), True)
-    if kind == "Elu":  # ELU, and SELU (its scale and alpha)
-        alpha = float(_saved(grad_fn, "_saved_alpha", 1.0))
-        scale = float(_saved(grad_fn, "_saved_scale", 1.0))
-        input_scale = float(_saved(grad_fn, "_saved_input_scale", 1.0))
-        selu = math.isclose(alpha, 1.6732632423543772) and math.isclose(scale, 1.0507009873554805)
-        name = "SELU" if selu and input_scale == 1 else f"ELU({alpha:g}, scale={scale:g})" if scale != 1 else f"ELU({alpha:g})"
-        fn = partial(_elu, alpha=alpha, scale=scale, input_scale=input_scale)
-        return Activation(name, fn, alpha * scale >= 0 and scale > 0 and input_scale > 0)
-    if kind == "Celu":
-        alpha = float(_saved(grad_fn, "_saved_alpha", 1.0))
-        return Activation(f"CELU({alpha:g})", partial(F.celu, alpha=alpha), alpha > 0)
-    if kind == "Softplus":
-        beta, threshold = float(_saved(grad_fn, "_saved_beta", 1.0)), float(_saved(grad_fn, "_saved_threshold", 20.0))
-        # above the threshold it is x itself: a drop of log(1 + e^-t) / beta there, negligible only for a large t
-        return Activation(f"Softplus({beta:g}, {threshold:g})", partial(F.softplus, beta=beta, threshold=threshold),
-                          beta > 0 and threshold >= 15)
-    if kind == "Gelu":
-        approx = str(_saved(grad_fn, "_saved_approximate", "none"))
-        return Activation("GELU" if approx == "none" else f"GELU({approx})", partial(F.gelu, approximate=approx), False)
-    simple = {
-        "Sigmoid": ("Sigmoid", torch.sigmoid, True),
-        "Tanh": ("Tanh", torch.tanh, True),
-        "Silu": ("SiLU", F.silu, False),
-        "Hardswish": ("Hardswish", F.hardswish, False),
-        "Hardsigmoid": ("Hardsigmoid", F.hardsigmoid, True),
-        "Mish": ("Mish", F.mish, False),
-    }
-    if kind in simple:
-        return Activation(*simple[kind])
-    return None
+def _channel_groups(module: nn.Module) -> int:
+    """How many groups ``module`` splits its channels into, when a cut must respect them: a grouped
+    (not depthwise) convolution or a GroupNorm; 1 otherwise."""
+    if isinstance(module, nn.GroupNorm):
+        return int(module.num_groups)
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        depthwise = module.groups == module.in_channels == module.out_channels  # Torch-Pruning couples in and out
+        return 1 if depthwise else int(module.groups)
+    return 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +48,7 @@ class ResponsePoint:
     activation: Activation | None
     unit_dim: int  # 1 for conv outputs (N, C, ...), -1 for linear outputs (..., C)
     description: str
+    unrecognised: str = ""  # the element-wise operation the response is read before (not one PFA knows)
 
 
 @dataclass
@@ -122,6 +65,10 @@ class ChannelSpace:
     width: int
     reaches_output: bool
     index_map: dict[str, list[int]] = field(default_factory=dict)
+    # Grouped convolutions (not depthwise) and GroupNorms split the channels into this many equal,
+    # consecutive groups; a legal cut removes the same positions from every group.
+    groups: int = 1
+    grouped_by: str = ""  # the layer that imposes ``groups`` (for messages)
 
     @property
     def coupled(self) -> bool:
@@ -233,6 +180,7 @@ class ModelGraph:
             group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(width)))
             maps: dict[nn.Module, dict[int, int]] = {}
             reaches_output = False
+            groups, grouped_by = 1, ""
             for item in group:
                 dep = item.dep
                 module = dep.target.module
@@ -241,6 +189,14 @@ class ModelGraph:
                     maps.setdefault(module, {}).update(zip(item.root_idxs, item.idxs))
                 if is_out and not dep.target.outputs:
                     reaches_output = True
+                g = _channel_groups(module)
+                if g > 1 and module in self._names:
+                    # positions line up with the space's units only when the module sees the whole space in order
+                    in_order = sorted(item.root_idxs) == list(range(width)) and \
+                        all(int(i) == int(r) for i, r in zip(item.idxs, item.root_idxs))
+                    g = math.lcm(groups, g) if in_order and width % math.lcm(groups, g) == 0 else width
+                    if g != groups:
+                        groups, grouped_by = g, self._names[module]
             seen.update(maps)
             producers = sorted(maps, key=order.__getitem__)
             index_map = {self._names[m]: [maps[m].get(u, -1) for u in range(width)] for m in producers}
@@ -249,7 +205,7 @@ class ModelGraph:
             names = [self._names[m] for m in producers]
             root = self._names[layer]
             names.remove(root)
-            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map))
+            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups, grouped_by))
         return spaces
 
     def spaces_of(self, layer_name: str) -> list[ChannelSpace]:
@@ -271,7 +227,7 @@ class ModelGraph:
         node = self.dg.module2node[layer]
         hook, chain = layer, [layer_name]
         activation: Activation | None = None
-        nonlinear = False
+        nonlinear, unrecognised = False, ""
         while len(node.outputs) == 1:
             nxt = node.outputs[0]
             if isinstance(nxt.module, _NORM_TYPES) and nxt.module in self._names:
@@ -282,21 +238,25 @@ class ModelGraph:
                 node, hook, nonlinear = nxt, nxt.module, True  # a module: hook its output directly
                 chain.append(self._names[hook])
                 break
-            activation = _activation_of(nxt.grad_fn)
+            activation = activation_of(nxt.grad_fn)
             if activation is not None:
                 node, nonlinear = nxt, True
                 chain.append(activation.name)
+            elif nxt.grad_fn is not None and UNKNOWN_ACTIVATION.match(nxt.grad_fn.name()):
+                unrecognised = re.sub(r"Backward\d+$", "", nxt.grad_fn.name())
             break
         unit_dim = -1 if isinstance(layer, nn.Linear) else 1
         description = " -> ".join(chain)
-        if not nonlinear:
+        if unrecognised:
+            description += f" (read before {unrecognised}, an activation PFA does not know: pre-activation response)"
+        elif not nonlinear:
             description += " (no non-linearity follows directly: pre-activation response)"
-        return ResponsePoint(self._names[hook], activation, unit_dim, description), node
+        return ResponsePoint(self._names[hook], activation, unit_dim, description, unrecognised), node
 
     def following_norm(self, layer_name: str) -> nn.Module | None:
         """The BatchNorm that directly and solely follows ``layer_name``, if any."""
         node = self.dg.module2node[self.model.get_submodule(layer_name)]
-        if len(node.outputs) == 1 and isinstance(node.outputs[0].module, _NORM_TYPES):
+        if len(node.outputs) == 1 and isinstance(node.outputs[0].module, nn.modules.batchnorm._BatchNorm):
             return node.outputs[0].module
         return None
 
@@ -350,6 +310,46 @@ class ModelGraph:
             state.restore()
             raise
         state.restore_training_flags()
+
+
+def output_shapes(model: nn.Module, inputs: Any) -> Any:
+    with evaluating(model), torch.no_grad():
+        return map_nested(run_model(model, inputs), lambda t: tuple(t.shape), other=lambda _: None)
+
+
+def uncuttable_spaces(model: nn.Module, example_inputs: Any, spaces: Sequence[ChannelSpace]) -> dict[str, str]:
+    """The spaces (by root) whose cut breaks ``model``, with why; ``model`` is left exactly as it was.
+
+    Some code hard-codes a width Torch-Pruning cannot see (a reshape to ``hidden_dim``, a split into
+    ``num_heads``): such a space must be left whole. Each trial removes one position from every space
+    tried, on the model itself (restored exactly afterwards), and runs it; failing sets are bisected,
+    so a model where every cut works costs one trial.
+    """
+    inputs = clone_inputs(example_inputs, 2)
+    before = output_shapes(model, inputs)
+
+    def failure(subset: Sequence[ChannelSpace]) -> str | None:
+        state = ModelState(model)
+        try:
+            graph = ModelGraph(model, inputs)
+            graph.prune({s.root: list(range(0, s.width, s.width // s.groups)) for s in subset})
+            after = output_shapes(model, inputs)
+            return None if after == before else f"the output shape changes from {before} to {after}"
+        except Exception as err:  # noqa: BLE001 - any failure means: leave these channels alone
+            return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        finally:
+            state.restore()
+
+    def search(subset: Sequence[ChannelSpace]) -> dict[str, str]:
+        why = failure(subset) if subset else None
+        if why is None:
+            return {}
+        if len(subset) == 1:
+            return {subset[0].root: why}
+        half = len(subset) // 2
+        return {**search(subset[:half]), **search(subset[half:])}
+
+    return search([s for s in spaces if s.width // s.groups > 1])
 
 
 def module_width(module: nn.Module) -> int:

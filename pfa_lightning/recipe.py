@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping
@@ -12,7 +13,7 @@ from torch import nn
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.graph import ModelGraph, module_width
+from pfa_lightning.graph import ModelGraph, module_width, uncuttable_spaces
 from pfa_lightning.nested import map_nested
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
 from pfa_lightning.spectrum import Spectrum
@@ -148,6 +149,8 @@ class Recipe:
                 diag = ""
             if "note" in d:
                 diag += f" ({d['note']})"
+            if "an activation PFA does not know" in layer.response:
+                diag += " (read before its activation)"
             table.add_row(layer.name, "" if layer.group == layer.name else layer.group, str(layer.original),
                           str(layer.kept), f"{100 * layer.kept / layer.original:.0f}", str(d.get("inactive", "")), diag)
         total, kept = sum(l.original for l in self.layers), sum(l.kept for l in self.layers)
@@ -171,6 +174,16 @@ def check_min_units(min_units: Any) -> int:
     return check_int("min_units", min_units, 1)
 
 
+def check_round_to(round_to: Any) -> int:
+    return check_int("round_to", round_to, 1)
+
+
+def legal_width(k: int, width: int, step: int) -> int:
+    """``k`` units (at least one) raised to the next multiple of ``step``; the full ``width`` beyond it."""
+    k = -(-max(1, min(k, width)) // step) * step
+    return min(k, width)
+
+
 def make_recipe(
     model: nn.Module,
     stats: ResponseStats,
@@ -180,6 +193,7 @@ def make_recipe(
     selection: SelectionLike = "abs_max",
     min_units: int = 1,
     coupled: str = "joint",
+    round_to: int = 1,
 ) -> Recipe:
     """Decide, from collected responses, how many and which units each layer keeps.
 
@@ -195,6 +209,11 @@ def make_recipe(
         min_units: floor on the units any layer keeps.
         coupled: ``"joint"``: layers whose outputs are added together (residual stages) get one
             decision from their pooled statistics; ``"skip"``: such groups are left whole.
+        round_to: every kept width is a multiple of this (or the layer's full width), e.g. 8 for
+            hardware-friendly widths; the strategy decides with the rounded widths, so footprint
+            targets still hold. Channels split into groups by a grouped convolution or a GroupNorm
+            are kept as whole positions: the same channels of every group, a multiple of the group
+            count (the group count itself never changes).
 
     Raises:
         PFAError: unknown strategy/selection/coupled, bad ``min_units``, statistics that do not
@@ -203,14 +222,14 @@ def make_recipe(
     strategy = resolve_strategy(strategy)
     chooser = resolve_selection(selection)
     min_units = check_min_units(min_units)
+    round_to = check_round_to(round_to)
     check_choice("coupled", coupled, COUPLED_MODES)
     if not isinstance(stats, ResponseStats):
         raise fail("stats", "the ResponseStats returned by collect_responses", type(stats).__name__)
     stats.check_finite()
 
     graph = ModelGraph(model, example_inputs)
-    spectra: list[Spectrum] = []
-    spaces = []
+    candidates = []
     for space in graph.spaces:
         if space.reaches_output:
             continue
@@ -223,6 +242,15 @@ def make_recipe(
             continue
         if coupled == "skip" and space.coupled:
             continue
+        candidates.append(space)
+    broken = uncuttable_spaces(model, example_inputs, candidates)
+    for root, why in broken.items():
+        layers = next(s.producers for s in candidates if s.root == root)
+        warnings.warn(f"Cutting the channels of {', '.join(layers)} breaks {type(model).__name__} ({why}): "
+                      "they are left whole.", stacklevel=2)
+    spectra: list[Spectrum] = []
+    spaces = []
+    for space in (s for s in candidates if s.root not in broken):
         for p in space.producers:
             width = module_width(model.get_submodule(p))
             if stats[p].units != width:
@@ -236,6 +264,7 @@ def make_recipe(
         for s in small:
             warn_small(s)
         spectrum.frozen = bool(small)
+        spectrum.step = math.lcm(space.groups, round_to)
         spectra.append(spectrum)
         spaces.append(space)
     if not spectra:
@@ -245,7 +274,7 @@ def make_recipe(
         )
 
     def clamp(k: int, sp: Spectrum) -> int:
-        return sp.units if sp.frozen else max(min(min_units, sp.units), min(k, sp.units))
+        return sp.units if sp.frozen else legal_width(max(k, min_units), sp.units, sp.step)
 
     metric = strategy.probe_metric
     probe = FootprintProbe(model, example_inputs, metric) if metric is not None else None
@@ -256,7 +285,7 @@ def make_recipe(
     info: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for space, sp, k, diag in zip(spaces, spectra, decision.counts, decision.diagnostics):
         weights = [model.get_submodule(p).weight.detach()[space.index_map[p]] for p in space.producers]
-        kept = set(select_units(sp, k, chooser, weights).tolist())
+        kept = set(select_units(sp, k, chooser, weights, groups=space.groups).tolist())
         gone = [u for u in range(space.width) if u not in kept]
         for p in space.producers:
             removed.setdefault(p, set()).update(space.index_map[p][u] for u in gone)
@@ -284,4 +313,4 @@ def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "make_recipe", "spectra_of"]
+__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "legal_width", "make_recipe", "spectra_of"]

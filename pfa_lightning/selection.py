@@ -49,7 +49,8 @@ def _abs_max_order(r: np.ndarray, n_remove: int) -> list[int]:
     Each step takes the largest coefficient; every cell close to it (``np.isclose``) is tied. Of the
     rows holding a tied cell, the one whose largest *other* coefficient (its first tied cell masked)
     is largest goes, the first such row on a tie; as in DNIKit, that position indexes the row-major
-    list of tied cells. Row maxima are cached, so a step costs O(tied rows x units), not O(units^2).
+    list of tied cells. Row maxima are cached and each step is vectorised over the tied rows only, so a
+    step costs O(tied rows x units) in NumPy, not O(units^2) in Python.
     """
     r = r.copy()
     m = r.shape[0]
@@ -61,22 +62,20 @@ def _abs_max_order(r: np.ndarray, n_remove: int) -> list[int]:
     order: list[int] = []
     for _ in range(n_remove):
         top = float(row_max.max())
-        rows = np.flatnonzero(_close(row_max, top))  # only these rows can hold a cell close to the top
-        cells = [(int(i), int(j)) for i in rows for j in np.flatnonzero(_close(r[i], top))]
-        cell_rows = [i for i, _ in cells]  # row-major, with repeats (DNIKit's selected_cels[0])
-        firsts = {}
-        for i, j in cells:
-            firsts.setdefault(i, j)
-        seconds = []
-        for i, j in firsts.items():
-            row = r[i].copy()
-            row[j] = np.nan
-            seconds.append(np.nan if np.isnan(row).all() else float(np.nanmax(row)))
-        seconds = np.array(seconds)
-        if np.isnan(seconds).all():
-            drop = cell_rows[0]
+        floor = top - (1e-8 + 1e-5 * abs(top))  # nothing exceeds the top: np.isclose(v, top) is v >= floor
+        rows = np.flatnonzero(row_max >= floor)  # only these rows can hold a cell close to the top
+        block = r[rows]
+        with np.errstate(invalid="ignore"):
+            tied = block >= floor  # each of these rows holds at least one tied cell: its maximum
+        cell_rows = np.repeat(rows, tied.sum(axis=1))  # row-major, with repeats (DNIKit's selected_cels[0])
+        block[np.arange(len(rows)), tied.argmax(axis=1)] = np.nan  # mask each row's first tied cell
+        alive = ~np.isnan(block).all(axis=1)
+        seconds = np.full(len(rows), np.nan)
+        if alive.any():
+            seconds[alive] = np.nanmax(block[alive], axis=1)
+            drop = int(cell_rows[int(np.flatnonzero(_close(seconds, float(np.nanmax(seconds))))[0])])
         else:
-            drop = cell_rows[int(np.flatnonzero(_close(seconds, float(np.nanmax(seconds))))[0])]
+            drop = int(cell_rows[0])
         order.append(drop)
         column = r[:, drop].copy()
         r[drop, :] = np.nan
@@ -253,16 +252,29 @@ def selection_name(selection: Any) -> str:
 
 
 def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "abs_max",
-                 weights: Sequence[Tensor] = ()) -> np.ndarray:
-    """Indices (ascending) of the ``keep`` units to keep in the space described by ``spectrum``."""
+                 weights: Sequence[Tensor] = (), groups: int = 1) -> np.ndarray:
+    """Indices (ascending) of the ``keep`` units to keep in the space described by ``spectrum``.
+
+    ``groups > 1``: the units form that many equal, consecutive groups (a grouped convolution's or a
+    GroupNorm's) and the same positions must be kept in every group. The selection then chooses
+    ``keep`` units freely and each position gets one vote per group that kept it; the ``keep /
+    groups`` positions with the most votes are kept in every group (ties: the lower position).
+    """
     chooser = resolve_selection(selection)
     m = spectrum.units
     if not 1 <= keep <= m:
         raise PFAError(f"Cannot keep {keep} of {m} units in {spectrum.name!r}.")
+    if groups < 1 or m % groups or keep % groups:
+        raise PFAError(f"Cannot keep {keep} of {m} units in {spectrum.name!r} in {groups} equal groups.")
     kept = np.asarray(chooser(spectrum, keep, weights), dtype=int)
     if kept.shape != (keep,) or len(set(kept.tolist())) != keep or kept.min() < 0 or kept.max() >= m:
         raise PFAError(f"Selection {selection_name(chooser)} returned {kept.tolist()[:10]} for {spectrum.name!r}: "
                        f"expected {keep} distinct unit indices in [0, {m}).")
+    if groups > 1:
+        per_group = m // groups
+        votes = np.bincount(kept % per_group, minlength=per_group)
+        positions = np.sort(np.argsort(-votes, kind="stable")[: keep // groups])
+        kept = (np.arange(groups)[:, None] * per_group + positions[None, :]).ravel()
     return np.sort(kept)
 
 

@@ -22,6 +22,7 @@ class Spectrum:
     eigenvalues: np.ndarray = None  # type: ignore[assignment]  # descending, clamped at 0
     inactive: np.ndarray = None  # type: ignore[assignment]  # indices of zero-variance units
     frozen: bool = False  # too few samples: keep every unit
+    step: int = 1  # kept widths are multiples of this (grouped layers, ``round_to``), or the full width
 
     def __post_init__(self) -> None:
         cov = np.asarray(self.covariance, dtype=np.float64)

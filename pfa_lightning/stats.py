@@ -261,6 +261,10 @@ def collect_responses(
                 stats[name].positions = LayerStats.empty(name, units, device, point.description)
             collectors.append(_Collector(stats[name], point, pooling))
             hooks.append(model.get_submodule(point.module_name).register_forward_hook(collectors[-1]))
+        unread = [f"{c.stats.name} ({c.point.unrecognised})" for c in collectors if c.point.unrecognised]
+        if unread:
+            warnings.warn(f"PFA reads the responses of {', '.join(unread)} before an activation it does not know: "
+                          "the statistics are pre-activation.", stacklevel=2)
         _run(model, first, iterator, device, max_samples, progress, description, dataloader)
         for collector in collectors:
             collector.flush()

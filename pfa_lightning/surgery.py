@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from pfa_lightning.errors import PFAError
-from pfa_lightning.graph import ModelGraph, ModelState, evaluating, module_width
-from pfa_lightning.nested import clone_inputs, map_nested, run_model
+from pfa_lightning.graph import ModelGraph, ModelState, output_shapes, module_width
+from pfa_lightning.nested import clone_inputs
 from pfa_lightning.recipe import Recipe
 from pfa_lightning.stats import ResponseStats
 
@@ -59,11 +58,6 @@ def _check_fits(model: nn.Module, recipe: Recipe, graph: ModelGraph) -> dict[str
     return removals
 
 
-def _eval_forward(model: nn.Module, inputs: Any) -> Any:
-    with evaluating(model), torch.no_grad():
-        return map_nested(run_model(model, inputs), lambda t: tuple(t.shape), other=lambda _: None)
-
-
 def _verify(model: nn.Module, recipe: Recipe, inputs: Any, before: Any) -> str:
     """What is wrong with the cut model (an empty string if nothing)."""
     for layer in recipe.layers:
@@ -71,7 +65,7 @@ def _verify(model: nn.Module, recipe: Recipe, inputs: Any, before: Any) -> str:
         if width != layer.kept:
             return f"surgery left {layer.name!r} with {width} units instead of {layer.kept}"
     try:
-        after = _eval_forward(model, inputs)
+        after = output_shapes(model, inputs)
     except Exception as err:  # the cut model does not run: report it, the caller restores
         return f"the cut model fails to run: {type(err).__name__}: {err}"
     return "" if after == before else f"the output shape changed from {before} to {after}"
@@ -94,7 +88,7 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any,
     inputs = clone_inputs(example_inputs, 2)
     graph = ModelGraph(model, inputs)
     removals = _check_fits(model, recipe, graph)
-    before = _eval_forward(model, inputs)
+    before = output_shapes(model, inputs)
     state = ModelState(model)
     try:
         if compensate_with is not None:

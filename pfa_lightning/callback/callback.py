@@ -32,7 +32,7 @@ from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.graph import evaluating
 from pfa_lightning.nested import clone_inputs, first_input, run_model
-from pfa_lightning.recipe import COUPLED_MODES, Recipe, check_min_units, make_recipe
+from pfa_lightning.recipe import COUPLED_MODES, Recipe, check_min_units, check_round_to, make_recipe
 from pfa_lightning.selection import SelectionLike, resolve_selection
 from pfa_lightning.stats import POOLINGS, ResponseStats, check_max_samples, collect_responses, model_device
 from pfa_lightning.strategies import Strategy, resolve_strategy
@@ -76,6 +76,8 @@ class PFACallback(Callback):
         pooling: spatial reduction of conv responses, ``"max"`` or ``"avg"``.
         layers, exclude: module names or glob patterns to analyse / to leave alone.
         min_units: no layer keeps fewer units.
+        round_to: every kept width a multiple of this (or the full width), e.g. 8 for hardware-friendly
+            widths; footprint targets still hold.
         coupled: ``"joint"``: layers added together (residual stages) get one pooled decision;
             ``"skip"``: such layers are left whole.
         optimizer_state: ``"reset"`` starts the new optimizers empty; ``"transplant"`` carries the
@@ -117,6 +119,7 @@ class PFACallback(Callback):
         layers: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         min_units: int = 1,
+        round_to: int = 1,
         coupled: str = "joint",
         optimizer_state: str = "reset",
         compensate: bool = False,
@@ -138,6 +141,7 @@ class PFACallback(Callback):
         self.layers = check_patterns("layers", layers)
         self.exclude = check_patterns("exclude", exclude)
         self.min_units = check_min_units(min_units)
+        self.round_to = check_round_to(round_to)
         self.coupled = check_choice("coupled", coupled, COUPLED_MODES)
         self.optimizer_state = check_choice("optimizer_state", optimizer_state, OPTIMIZER_STATES)
         self.compensate = check_bool("compensate", compensate)
@@ -241,7 +245,7 @@ class PFACallback(Callback):
         inputs = self._example_inputs(trainer, pl_module)
         self._example_spec = self._example_spec or input_spec(inputs)
         check_module(pl_module, inputs, self.strategy, layers=self.layers, exclude=self.exclude,
-                     min_units=self.min_units, coupled=self.coupled)
+                     min_units=self.min_units, coupled=self.coupled, round_to=self.round_to)
 
     def _module_is_compressed(self, pl_module: pl.LightningModule) -> bool:
         """Whether the module has the widths the latest recorded compression produced."""
@@ -343,7 +347,7 @@ class PFACallback(Callback):
             rank_zero_info(f"PFA analysed {stats.num_samples} samples of {self.analysis_data}.")
         self.on_statistics(trainer, pl_module, stats)
         recipe = make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
-                             min_units=self.min_units, coupled=self.coupled)
+                             min_units=self.min_units, coupled=self.coupled, round_to=self.round_to)
         check_same_decision(trainer, recipe)
         return recipe, stats
 

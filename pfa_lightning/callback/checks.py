@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
 from pfa_lightning.graph import ModelGraph, analysable_layers
+from pfa_lightning.recipe import legal_width
 from pfa_lightning.strategies import Footprint, Strategy
 
 
@@ -42,7 +44,7 @@ def check_trainer(trainer: pl.Trainer, compress_at: list[int], max_samples: int 
 
 
 def check_module(pl_module: pl.LightningModule, inputs: Any, strategy: Strategy, *, layers: list[str] | None,
-                 exclude: list[str] | None, min_units: int, coupled: str) -> None:
+                 exclude: list[str] | None, min_units: int, coupled: str, round_to: int = 1) -> None:
     """Refuse, before training, a module PFA cannot cut or a footprint target it cannot reach."""
     try:
         graph = ModelGraph(pl_module, inputs)
@@ -52,18 +54,18 @@ def check_module(pl_module: pl.LightningModule, inputs: Any, strategy: Strategy,
             f"`forward` is not implemented ({err}). Define `forward` to run the network."
         ) from None
     _, chosen = analysable_layers(pl_module, graph, layers, exclude, verb="compress")
-    _check_reachable(pl_module, graph, chosen, inputs, strategy, min_units, coupled)
+    _check_reachable(pl_module, graph, chosen, inputs, strategy, min_units, coupled, round_to)
 
 
 def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: set[str], inputs: Any,
-                     strategy: Strategy, min_units: int, coupled: str) -> None:
+                     strategy: Strategy, min_units: int, coupled: str, round_to: int) -> None:
     """Refuse a footprint target that even every layer at ``min_units`` cannot meet, before training."""
     metric = strategy.probe_metric
     target = getattr(strategy, "ratio", None) if isinstance(strategy, Footprint) else None
     if metric is None or target is None:
         return
     probe = FootprintProbe(pl_module, inputs, metric)
-    floor = probe({s.root: min(min_units, s.width) for s in graph.spaces
+    floor = probe({s.root: legal_width(min_units, s.width, math.lcm(s.groups, round_to)) for s in graph.spaces
                    if not s.reaches_output and set(s.producers) <= chosen
                    and not (coupled == "skip" and s.coupled)})
     if floor > target * probe.full:

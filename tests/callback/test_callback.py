@@ -328,6 +328,7 @@ def test_reset_starts_the_new_optimizer_empty():
     ({"exclude": []}, r"`exclude` must be None, .*got \[\]"),
     ({"dataloader": 5}, r"`dataloader` must be None \(the train dataloader\) or an iterable of batches, got 5"),
     ({"min_units": 0}, r"`min_units` must be an integer >= 1, got 0"),
+    ({"round_to": 2.5}, r"`round_to` must be an integer >= 1, got 2.5"),
     ({"coupled": "both"}, r"`coupled` must be one of \('joint', 'skip'\), got 'both'"),
     ({"optimizer_state": "keep"}, r"`optimizer_state` must be one of \('reset', 'transplant'\), got 'keep'"),
     ({"validate_after": "yes"}, r"`validate_after` must be True or False, got 'yes'"),
@@ -387,9 +388,12 @@ def test_strategy_and_selection_objects_inside_a_fit():
     module = ResidualNet()
     full = count_params(module)
     train, val = loaders()
-    callback = PFACallback(pfa.Footprint(0.6), selection=pfa.L1Max(), compress_at=[1], max_samples=64, verbose=False)
+    callback = PFACallback(pfa.Footprint(0.6), selection=pfa.L1Max(), compress_at=[1], max_samples=64, round_to=4,
+                           verbose=False)
     quiet_trainer(max_epochs=2, callbacks=[callback]).fit(module, train, val)
     assert count_params(module) <= 0.6 * full
+    assert all(layer.kept % 4 == 0 or layer.kept == layer.original for layer in callback.recipes[0])
+    assert any(layer.kept < layer.original for layer in callback.recipes[0])
     assert callback.recipes[0].strategy == {"name": "footprint", "ratio": 0.6, "metric": "params", "allocation": "kl"}
     assert callback.recipes[0].selection == "l1_max"
     with pytest.raises(pfa.PFAError, match=r"Options \['ratio'\] only apply to a strategy given by name"):

@@ -58,3 +58,18 @@ def _not_in_place(activation: nn.Module) -> nn.Module:
     if hasattr(copy, "inplace"):
         copy.inplace = False
     return copy
+
+
+@pytest.mark.parametrize("activation", [nn.Softshrink(0.3), nn.LogSigmoid(), nn.Hardshrink(0.5)])
+def test_a_layer_read_before_an_unknown_activation_is_named_in_a_warning_and_the_recipe(activation):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), activation,
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    x = torch.randn(64, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"reads the responses of 0 \(\w+\) before an activation it does not know"):
+        stats = pfa.collect_responses(model, [x], progress=False)
+    assert "an activation PFA does not know" in stats["0"].response and "ReLU" in stats["3"].response
+    recipe = pfa.make_recipe(model, stats, pfa.KL(), example_inputs=x[:2])
+    rows = {row[0]: row for row in zip(*(c._cells for c in recipe.table().columns))}
+    assert "read before its activation" in rows["0"][-1] and "read before" not in rows["3"][-1]

@@ -21,3 +21,99 @@ def test_channel_shuffle_is_refused_with_one_clear_error_naming_a_layer():
         pfa.make_recipe(model, pfa.ResponseStats({}), pfa.Uniform(0.5), example_inputs=x[:2])
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _samples(n: int, size: int, channels: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    x = torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    return [x[i:i + 64] for i in range(0, n, 64)]
+
+
+class _GroupedNet(torch.nn.Module):
+    """conv -> ReLU -> grouped conv (2 groups) -> ReLU -> conv -> pool -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv3 = torch.nn.Conv2d(8, 8, 1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(self.conv3(x).mean((2, 3)))
+
+
+def test_a_grouped_convolution_is_cut_by_whole_positions_and_computes_the_same():
+    torch.manual_seed(0)
+    model = _GroupedNet().eval()
+    with torch.no_grad():  # conv1's units 1 and 5 (position 1 of each of conv2's input groups) never fire
+        model.conv1.weight[[1, 5]] = 0
+        model.conv1.bias[[1, 5]] = -1
+    data = _samples(256, 8)
+    x = data[0][:4]
+    reference = model(x)
+    stats = pfa.collect_responses(model, data, layers=["conv1"], progress=False)
+    recipe = pfa.make_recipe(model, stats, pfa.Uniform(0.75), example_inputs=x)
+    assert recipe["conv1"].kept_indices == [0, 2, 3, 4, 6, 7]  # the dead position goes, in both groups
+    pfa.apply_recipe(model, recipe, example_inputs=x)
+    assert model.conv2.groups == 2 and model.conv2.in_channels == 6
+    torch.testing.assert_close(model(x), reference)  # the kept inputs still meet their own group's filters
+
+
+def test_grouped_convolution_widths_stay_legal_under_a_footprint_target():
+    model = _GroupedNet().eval()
+    data = _samples(256, 8)
+    recipe = pfa.make_recipe(model, pfa.collect_responses(model, data, progress=False), pfa.Footprint(0.5),
+                             example_inputs=data[0][:2])
+    for name in ("conv1", "conv2"):  # conv2's outputs, too, are in 2 groups of 4 consecutive channels
+        kept = recipe[name].kept_indices
+        assert len(kept) % 2 == 0 and [k - 4 for k in kept[len(kept) // 2:]] == kept[:len(kept) // 2]
+    pfa.apply_recipe(model, recipe, example_inputs=data[0][:2])
+    assert model(data[0][:2]).shape == (2, 4)
+
+
+def test_groupnorm_keeps_its_group_count_and_its_channels_in_their_groups():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    data = _samples(256, 8)
+    full = pfa.count_params(model)
+    stats = pfa.collect_responses(model, data, progress=False)
+    assert stats["0"].response == "0 -> 1 -> ReLU"  # read after the GroupNorm and the activation
+    recipe = pfa.make_recipe(model, stats, pfa.Footprint(0.4), example_inputs=data[0][:2])
+    for name in ("0", "3"):
+        kept = recipe[name].kept_indices
+        per_group = len(kept) // 4
+        assert len(kept) % 4 == 0 and len(kept) < 16
+        assert [[k % 4 for k in kept[g * per_group:(g + 1) * per_group]] for g in range(4)] == [
+            [k % 4 for k in kept[:per_group]]] * 4
+    pfa.apply_recipe(model, recipe, example_inputs=data[0][:2])
+    assert model[1].num_groups == 4 and model[1].num_channels == recipe["0"].kept
+    assert pfa.count_params(model) <= 0.4 * full
+    assert model(data[0][:2]).shape == (2, 4)
+
+
+@pytest.mark.parametrize("strategy", [pfa.KL(), pfa.Footprint(0.3, metric="params"), pfa.Footprint(0.4, metric="flops")])
+def test_round_to_makes_every_kept_width_a_multiple_and_targets_still_hold(strategy):
+    from pfa_lightning.models import build
+
+    model = build("vgg11", num_classes=4, width=0.25).eval()  # widths 16..128, not all multiples of 24
+    data = _samples(160, 32)
+    stats = pfa.collect_responses(model, data, progress=False)
+    full = {"params": pfa.count_params(model), "flops": pfa.count_flops(model, data[0][:1])}
+    recipe = pfa.make_recipe(model, stats, strategy, example_inputs=data[0][:2], round_to=24)
+    assert all(layer.kept % 24 == 0 or layer.kept == layer.original for layer in recipe)
+    assert any(layer.kept < layer.original for layer in recipe)
+    pfa.apply_recipe(model, recipe, example_inputs=data[0][:2])
+    if isinstance(strategy, pfa.Footprint):
+        now = pfa.count_params(model) if strategy.metric == "params" else pfa.count_flops(model, data[0][:1])
+        assert now <= strategy.ratio * full[strategy.metric]
+
+
+def test_a_bad_round_to_is_refused_by_name():
+    model = _GroupedNet().eval()
+    data = _samples(128, 8)
+    stats = pfa.collect_responses(model, data, progress=False)
+    with pytest.raises(pfa.PFAError, match="round_to.*integer >= 1.*0"):
+        pfa.make_recipe(model, stats, pfa.KL(), example_inputs=data[0][:2], round_to=0)
