@@ -37,12 +37,17 @@ def _elu(x: Tensor, alpha: float, scale: float, input_scale: float) -> Tensor:
     return scale * torch.where(x > 0, x, alpha * torch.expm1(input_scale * x))
 
 
+def _kind(grad_fn: Any) -> str:
+    """The operation an autograd node differentiates: ``LeakyReluBackward1`` (in place) -> ``LeakyRelu``."""
+    return re.sub(r"Backward\d+$", "", grad_fn.name())
+
+
 def activation_of(grad_fn: Any) -> Activation | None:
     """The activation an autograd node computes (in-place variants included, with their parameters),
     or None when it is not a known element-wise one."""
     if grad_fn is None:
         return None
-    kind = re.sub(r"Backward\d+$", "", grad_fn.name())  # LeakyReluBackward1 is the in-place LeakyReLU
+    kind = _kind(grad_fn)
     if kind == "Relu":
         return Activation("ReLU", torch.relu, True)
     if kind == "LeakyRelu":
@@ -84,8 +89,16 @@ def activation_of(grad_fn: Any) -> Activation | None:
 
 
 # element-wise non-linearities PFA does not apply itself: a response directly followed by one is read before it
-UNKNOWN_ACTIVATION = re.compile(r"^(Hardshrink|Softshrink|Tanhshrink|Threshold|LogSigmoid|Rrelu|RreluWithNoise|Glu|Softsign"
-                          r"|Relu6|Exp|Log|Sin|Cos|Abs|Sqrt|Rsqrt|Pow|Erf|Sign|Clamp|ClampMin|ClampMax)Backward\d+$")
+_UNKNOWN = frozenset({"Hardshrink", "Softshrink", "Threshold", "LogSigmoid", "Rrelu", "RreluWithNoise", "Glu",
+                      "Softsign", "Exp", "Log", "Sin", "Cos", "Abs", "Sqrt", "Rsqrt", "Pow", "Erf", "Sign", "Clamp",
+                      "ClampMin", "ClampMax"})
+UNKNOWN_NOTE = "an activation PFA does not know"  # in the response description; the recipe table looks for it
 
 
-__all__ = ["Activation", "UNKNOWN_ACTIVATION", "activation_of"]
+def unknown_activation(grad_fn: Any) -> str:
+    """The name of the element-wise non-linearity ``grad_fn`` computes when PFA cannot apply it; "" otherwise."""
+    kind = _kind(grad_fn) if grad_fn is not None else ""
+    return kind if kind in _UNKNOWN else ""
+
+
+__all__ = ["Activation", "UNKNOWN_NOTE", "activation_of", "unknown_activation"]

@@ -10,7 +10,6 @@ space. Spaces that reach the model's output (the classifier) are never analysed.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pfa_lightning.activations import UNKNOWN_ACTIVATION, Activation, activation_of
+from pfa_lightning.activations import UNKNOWN_NOTE, Activation, activation_of, unknown_activation
 from pfa_lightning.errors import PFAError
 from pfa_lightning.nested import clone_inputs, map_nested, run_model
 
@@ -68,11 +67,14 @@ class ChannelSpace:
     # Grouped convolutions (not depthwise) and GroupNorms split the channels into this many equal,
     # consecutive groups; a legal cut removes the same positions from every group.
     groups: int = 1
-    grouped_by: str = ""  # the layer that imposes ``groups`` (for messages)
 
     @property
     def coupled(self) -> bool:
         return len(self.producers) > 1
+
+    def step(self, round_to: int = 1) -> int:
+        """Kept widths are multiples of this (or the full width): the group count and ``round_to``."""
+        return math.lcm(self.groups, round_to)
 
 
 @contextmanager
@@ -180,7 +182,7 @@ class ModelGraph:
             group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(width)))
             maps: dict[nn.Module, dict[int, int]] = {}
             reaches_output = False
-            groups, grouped_by = 1, ""
+            groups = 1
             for item in group:
                 dep = item.dep
                 module = dep.target.module
@@ -192,11 +194,9 @@ class ModelGraph:
                 g = _channel_groups(module)
                 if g > 1 and module in self._names:
                     # positions line up with the space's units only when the module sees the whole space in order
-                    in_order = sorted(item.root_idxs) == list(range(width)) and \
-                        all(int(i) == int(r) for i, r in zip(item.idxs, item.root_idxs))
-                    g = math.lcm(groups, g) if in_order and width % math.lcm(groups, g) == 0 else width
-                    if g != groups:
-                        groups, grouped_by = g, self._names[module]
+                    in_order = list(item.idxs) == list(item.root_idxs) == list(range(width))
+                    step = math.lcm(groups, g)
+                    groups = step if in_order and width % step == 0 else width  # else: whole positions only
             seen.update(maps)
             producers = sorted(maps, key=order.__getitem__)
             index_map = {self._names[m]: [maps[m].get(u, -1) for u in range(width)] for m in producers}
@@ -205,7 +205,7 @@ class ModelGraph:
             names = [self._names[m] for m in producers]
             root = self._names[layer]
             names.remove(root)
-            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups, grouped_by))
+            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups))
         return spaces
 
     def spaces_of(self, layer_name: str) -> list[ChannelSpace]:
@@ -242,13 +242,13 @@ class ModelGraph:
             if activation is not None:
                 node, nonlinear = nxt, True
                 chain.append(activation.name)
-            elif nxt.grad_fn is not None and UNKNOWN_ACTIVATION.match(nxt.grad_fn.name()):
-                unrecognised = re.sub(r"Backward\d+$", "", nxt.grad_fn.name())
+            else:
+                unrecognised = unknown_activation(nxt.grad_fn)
             break
         unit_dim = -1 if isinstance(layer, nn.Linear) else 1
         description = " -> ".join(chain)
         if unrecognised:
-            description += f" (read before {unrecognised}, an activation PFA does not know: pre-activation response)"
+            description += f" (read before {unrecognised}, {UNKNOWN_NOTE}: pre-activation response)"
         elif not nonlinear:
             description += " (no non-linearity follows directly: pre-activation response)"
         return ResponsePoint(self._names[hook], activation, unit_dim, description, unrecognised), node

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping
@@ -11,6 +10,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from torch import nn
 
+from pfa_lightning.activations import UNKNOWN_NOTE
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
 from pfa_lightning.graph import ModelGraph, module_width, uncuttable_spaces
@@ -149,7 +149,7 @@ class Recipe:
                 diag = ""
             if "note" in d:
                 diag += f" ({d['note']})"
-            if "an activation PFA does not know" in layer.response:
+            if UNKNOWN_NOTE in layer.response:
                 diag += " (read before its activation)"
             table.add_row(layer.name, "" if layer.group == layer.name else layer.group, str(layer.original),
                           str(layer.kept), f"{100 * layer.kept / layer.original:.0f}", str(d.get("inactive", "")), diag)
@@ -264,7 +264,7 @@ def make_recipe(
         for s in small:
             warn_small(s)
         spectrum.frozen = bool(small)
-        spectrum.step = math.lcm(space.groups, round_to)
+        spectrum.step = space.step(round_to)
         spectra.append(spectrum)
         spaces.append(space)
     if not spectra:

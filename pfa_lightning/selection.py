@@ -32,6 +32,11 @@ from pfa_lightning.errors import PFAError
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.validation import fail, is_int
 
+def _tolerance(target: float) -> float:
+    """``np.isclose``'s default ``atol + rtol * |target|``: how far from ``target`` DNIKit still sees a tie."""
+    return 1e-8 + 1e-5 * abs(target)
+
+
 def _close(values: np.ndarray, target: float) -> np.ndarray:
     """``np.isclose(values, target)`` with NumPy's default tolerances: DNIKit's notion of a tie.
 
@@ -40,7 +45,7 @@ def _close(values: np.ndarray, target: float) -> np.ndarray:
     if not np.isfinite(target):
         return np.isclose(values, target)
     with np.errstate(invalid="ignore"):
-        return np.abs(values - target) <= 1e-8 + 1e-5 * abs(target)
+        return np.abs(values - target) <= _tolerance(target)
 
 
 def _abs_max_order(r: np.ndarray, n_remove: int) -> list[int]:
@@ -62,7 +67,7 @@ def _abs_max_order(r: np.ndarray, n_remove: int) -> list[int]:
     order: list[int] = []
     for _ in range(n_remove):
         top = float(row_max.max())
-        floor = top - (1e-8 + 1e-5 * abs(top))  # nothing exceeds the top: np.isclose(v, top) is v >= floor
+        floor = top - _tolerance(top)  # nothing exceeds the top: np.isclose(v, top) is v >= floor
         rows = np.flatnonzero(row_max >= floor)  # only these rows can hold a cell close to the top
         block = r[rows]
         with np.errstate(invalid="ignore"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -65,7 +64,7 @@ def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: s
     if metric is None or target is None:
         return
     probe = FootprintProbe(pl_module, inputs, metric)
-    floor = probe({s.root: legal_width(min_units, s.width, math.lcm(s.groups, round_to)) for s in graph.spaces
+    floor = probe({s.root: legal_width(min_units, s.width, s.step(round_to)) for s in graph.spaces
                    if not s.reaches_output and set(s.producers) <= chosen
                    and not (coupled == "skip" and s.coupled)})
     if floor > target * probe.full:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.experiments.datasets import class_subset, digits_splits
-from pfa_lightning.validation import check_choice, fail
+from pfa_lightning.validation import check_choice, check_int, fail
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -56,7 +56,7 @@ class ImageDataModule(pl.LightningDataModule):
         if (specialize_classes is None) != (specialize_from_epoch is None):
             raise PFAError("`specialize_classes` and `specialize_from_epoch` go together: set both or neither.")
         self.batch_size, self.num_workers, self.val_fraction, self.seed = batch_size, num_workers, val_fraction, seed
-        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1, optional=True) or max(batch_size, 256)
         self.classes = list(classes) if classes is not None else None
         self.specialize_classes = list(specialize_classes) if specialize_classes is not None else None
         self.specialize_from_epoch = specialize_from_epoch

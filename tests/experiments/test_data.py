@@ -71,6 +71,9 @@ def test_bad_data_options(tmp_path):
         SyntheticDataModule(classes=[12]).setup()
     with pytest.raises(ValueError, match=r"set both or neither"):
         SyntheticDataModule(specialize_classes=[1])
+    with pytest.raises(ValueError, match=r"`eval_batch_size` must be an integer >= 1 or None, got 0"):
+        SyntheticDataModule(eval_batch_size=0)
+    assert SyntheticDataModule(batch_size=32).eval_batch_size == 256
     with pytest.raises(DataError, match=r"needs .*train/<class>/\*.png"):
         ImageFolderDataModule(root=str(tmp_path)).setup()
     with pytest.raises(ValueError, match=r"`name` must be one of \('cifar10', 'cifar100'\), got 'cifar5'"):
