@@ -141,16 +141,24 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     x = _example_input(datamodule)
-    params_full, flops_full = count_params(module), count_flops(module, x)
+    # without PFA, a resumed checkpoint may hold another network: count the full one before the fit
+    full_before = (count_params(module), count_flops(module, x)) if pfa_cb is None else None
     try:
         trainer.fit(module, datamodule, ckpt_path=cfg.train.get("ckpt_path"))
         tested = trainer.test(module, datamodule, verbose=False)
         acc_final = float(tested[0]["test/acc"]) if tested else None
         history = pfa_cb.history if pfa_cb is not None else []
+        # the callback counted the footprints around each surgery; count them here only without one
+        if history:
+            params_full, flops_full = history[0]["params_before"], history[0]["flops_before"]
+            params_now, flops_now = history[-1]["params_after"], history[-1]["flops_after"]
+        else:
+            params_now, flops_now = count_params(module), count_flops(module, x.to(model_device(module)))
+            params_full, flops_full = full_before or (params_now, flops_now)
         results = {
             "name": str(cfg.name),
-            "params_full": params_full, "params_compressed": count_params(module),
-            "flops_full": flops_full, "flops_compressed": count_flops(module, x.to(model_device(module))),
+            "params_full": params_full, "params_compressed": params_now,
+            "flops_full": flops_full, "flops_compressed": flops_now,
             "acc_full": history[0]["acc_before"] if history else acc_final,
             "acc_after_surgery": history[0]["acc_cut"] if history else None,
             "acc_after_recalibration": history[0]["acc_after"] if history and history[0]["recalibrated"] else None,

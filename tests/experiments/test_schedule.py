@@ -56,3 +56,28 @@ def test_inside_a_compressed_fit_the_rate_restarts_at_restart_lr(tmp_path):
     assert stage1[0] == pytest.approx(0.1) and stage1[-1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
     assert stage2[0] == pytest.approx(0.02)  # the optimizer rebuilt for the cut network starts the new stage
     assert stage2 == sorted(stage2, reverse=True) and stage2[-1] < 0.01
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers_use_the_fused_kernels_on_cpu_with_the_same_arithmetic(optimizer):
+    import copy
+    import inspect
+
+    import torch
+
+    module = ImageClassifier(arch="simplecnn", num_classes=3, width=0.25, optimizer=optimizer, scheduler="none",
+                             weight_decay=5e-4)
+    twin = copy.deepcopy(module)
+    fused = module.configure_optimizers()
+    assert fused.defaults["fused"] is True
+    kind = type(fused)
+    settings = {k: v for k, v in fused.defaults.items() if k in inspect.signature(kind).parameters}
+    plain = kind(twin.parameters(), **{**settings, "fused": None, "foreach": False})
+    for step in range(3):
+        for a, b in zip(module.parameters(), twin.parameters()):
+            a.grad = torch.full_like(a, 0.1 * (step + 1)).add_(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for a, b in zip(module.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
