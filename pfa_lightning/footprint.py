@@ -9,7 +9,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pfa_lightning.graph import ModelGraph
+from pfa_lightning.graph import ModelGraph, module_width
 from pfa_lightning.nested import clone_inputs, run_model
 
 METRICS = ("params", "flops")
@@ -63,7 +63,7 @@ class FootprintProbe:
         if key not in self._cache:
             model = copy.deepcopy(self.template)
             graph = ModelGraph(model, self.inputs)
-            widths = {s.root: s.width for s in graph.spaces}
+            widths = {root: module_width(model.get_submodule(root)) for root in keep}  # a root lies wholly in its space
             graph.prune({root: range(k, widths[root]) for root, k in keep.items() if k < widths[root]})
             self._cache[key] = measure(model, self.inputs, self.metric)
         return self._cache[key]

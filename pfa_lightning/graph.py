@@ -13,6 +13,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 from pfa_lightning.activations import UNKNOWN_NOTE, Activation, activation_of, unknown_activation
 from pfa_lightning.errors import PFAError
 from pfa_lightning.nested import clone_inputs, map_nested, run_model
+from pfa_lightning.reshapes import FencedGraph, crosses_fence
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # walked through like BatchNorm when finding the tensor to read (a layer's response is read after its norm)
@@ -119,15 +121,21 @@ class ModelState:
             module.training = training
 
 
-def _untraceable(model: nn.Module, names: Mapping[nn.Module, str], err: BaseException) -> str:
-    """Why Torch-Pruning could not map ``model``'s channels, naming the layer the failing operation reads."""
+# how Torch-Pruning's index maps fail on an operation they cannot follow
+_MAPPING_ERRORS = (ArithmeticError, IndexError, KeyError, AssertionError)
+
+
+def _untraceable(model: nn.Module, names: Mapping[nn.Module, str], err: BaseException, layer: str = "") -> str:
+    """Why Torch-Pruning could not map ``model``'s channels, naming the layer the failing operation reads
+    (or else the ``layer`` whose channels were being followed)."""
     node, tb = None, err.__traceback__
     while tb is not None:  # the graph node Torch-Pruning was mapping when it failed
         node = tb.tb_frame.f_locals.get("node", node) if "torch_pruning" in tb.tb_frame.f_code.co_filename else node
         tb = tb.tb_next
     where, op = "", ""
     if node is not None and hasattr(node, "inputs"):
-        op = f" at a {type(node.module).__name__.strip('_').replace('Op', '').lower() or 'tensor'} operation"
+        kind = type(node.module).__name__.strip("_").replace("Op", "").lower() or "tensor"
+        op = f" at {'an' if kind[0] in 'aeiou' else 'a'} {kind} operation"
         queue, seen = list(node.inputs), set()
         while queue:  # breadth first, up to the nearest named layer
             current = queue.pop(0)
@@ -138,9 +146,12 @@ def _untraceable(model: nn.Module, names: Mapping[nn.Module, str], err: BaseExce
                 where = f" that reads layer {names[current.module]!r}"
                 break
             queue.extend(current.inputs)
+    if not where and layer:
+        where = f" while following the channels of layer {layer!r}"
     return (f"PFA cannot map the channels of {type(model).__name__}{op}{where}: Torch-Pruning's dependency graph "
-            f"failed ({type(err).__name__}: {err}). Reshapes that mix channels across groups (e.g. ShuffleNet's "
-            "channel shuffle) are not supported; the model was not changed.")
+            f"failed ({type(err).__name__}: {err}). Operations that reinterpret the channel axis in a way it cannot "
+            "follow are not supported (a channel shuffle, reshape -> permute -> reshape of a 5-D tensor, is); "
+            "the model was not changed.")
 
 
 class ModelGraph:
@@ -157,16 +168,28 @@ class ModelGraph:
             with torch.enable_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # forward_fn: Torch-Pruning would otherwise try model(*tensor), unpacking a batch into rows
-                self.dg = tp.DependencyGraph().build_dependency(
+                self.dg = FencedGraph().build_dependency(
                     model, example_inputs=_with_grad(clone_inputs(example_inputs, 2)), forward_fn=run_model,
                     verbose=False,
                 )
-        except (ArithmeticError, IndexError, KeyError, AssertionError) as err:  # Torch-Pruning's index maps
+        except _MAPPING_ERRORS as err:
             raise PFAError(_untraceable(model, self._names, err)) from err
         finally:
             state.restore_training_flags()
-        self.spaces: list[ChannelSpace] = self._find_spaces()
+        self._fenced: list[str] = []
         self._used = False
+
+    @cached_property
+    def spaces(self) -> list[ChannelSpace]:
+        """The channel spaces, found on first use (a graph built only to cut does not need them)."""
+        return self._find_spaces()
+
+    @property
+    def fenced(self) -> list[str]:
+        """Layers left whole because their channels pass through a reshape that mixes channels
+        (see :mod:`pfa_lightning.reshapes`)."""
+        _ = self.spaces  # found with the spaces
+        return self._fenced
 
     # -- discovery ---------------------------------------------------------------------------
     def _find_spaces(self) -> list[ChannelSpace]:
@@ -179,9 +202,12 @@ class ModelGraph:
                 continue
             pruner = self.dg.get_pruner_of_module(layer)
             width = pruner.get_out_channels(layer)
-            group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(width)))
+            try:
+                group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(width)))
+            except _MAPPING_ERRORS as err:
+                raise PFAError(_untraceable(self.model, self._names, err, self._names[layer])) from err
             maps: dict[nn.Module, dict[int, int]] = {}
-            reaches_output = False
+            reaches_output = fenced = False
             groups = 1
             for item in group:
                 dep = item.dep
@@ -191,6 +217,8 @@ class ModelGraph:
                     maps.setdefault(module, {}).update(zip(item.root_idxs, item.idxs))
                 if is_out and not dep.target.outputs:
                     reaches_output = True
+                if crosses_fence(self.dg, dep, PRUNABLE_TYPES):
+                    reaches_output = fenced = True
                 g = _channel_groups(module)
                 if g > 1 and module in self._names:
                     # positions line up with the space's units only when the module sees the whole space in order
@@ -206,6 +234,8 @@ class ModelGraph:
             root = self._names[layer]
             names.remove(root)
             spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups))
+            if fenced:
+                self._fenced.extend([root, *names])
         return spaces
 
     def spaces_of(self, layer_name: str) -> list[ChannelSpace]:

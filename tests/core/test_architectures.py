@@ -10,17 +10,47 @@ from torchvision.models import shufflenet_v2_x0_5
 import pfa_lightning as pfa
 
 
-def test_channel_shuffle_is_refused_with_one_clear_error_naming_a_layer():
+class _InputBroadcastNet(torch.nn.Module):
+    """Adds the input image, broadcast into a conv's channels by view -> expand -> reshape: an index map
+    Torch-Pruning cannot follow (it divides by zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_b = torch.nn.Conv2d(8, 8, 1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        image = x.view(n, 3, 1, h, w).expand(-1, -1, 3, -1, -1).reshape(n, 9, h, w)[:, :8]
+        y = torch.relu(self.conv_a(x)) + image
+        return self.fc(torch.relu(self.conv_b(y)).mean((2, 3)))
+
+
+def test_what_torch_pruning_cannot_map_is_refused_with_one_clear_error_naming_a_layer():
     torch.manual_seed(0)
-    model = shufflenet_v2_x0_5(num_classes=10).eval()
+    model = _InputBroadcastNet().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(8, 3, 32, 32)
-    with pytest.raises(pfa.PFAError, match=r"ShuffleNetV2 .*reads layer 'stage\d\.\d+\.branch\d\.\d+'.*channel shuffle"):
+    x = torch.randn(8, 3, 8, 8)
+    with pytest.raises(pfa.PFAError, match=r"_InputBroadcastNet at an expand operation while following the channels of layer 'conv_a'.*ZeroDivisionError.*not changed"):
         pfa.collect_responses(model, [x], progress=False)
     with pytest.raises(pfa.PFAError, match="ZeroDivisionError"):  # the cause, for a bug report
         pfa.make_recipe(model, pfa.ResponseStats({}), pfa.Uniform(0.5), example_inputs=x[:2])
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_channel_shuffle_is_fenced_the_layers_inside_each_branch_are_cut():
+    torch.manual_seed(0)
+    model = shufflenet_v2_x0_5(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = pfa.graph.ModelGraph(model, x)
+    assert graph.dg.fences == 16  # one channel shuffle per block
+    cuttable = {s.root for s in graph.spaces if not s.reaches_output}
+    # a branch's hidden channels never cross a shuffle; its output (concatenated, then shuffled) does
+    assert "stage3.1.branch2.0" in cuttable and "stage3.1.branch2.5" in graph.fenced
+    # the depthwise conv of a downsampling branch reads the shuffled stream: left whole
+    assert "stage3.0.branch1.0" in graph.fenced and "stage3.0.branch1.0" not in cuttable
 
 
 def _samples(n: int, size: int, channels: int = 3, seed: int = 0) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
 import pfa_lightning as pfa
@@ -28,6 +29,11 @@ TORCHVISION = {
     "mobilenet_v3_small": (lambda: tvm.mobilenet_v3_small(num_classes=10), 32),
     "googlenet": (lambda: tvm.googlenet(num_classes=10, aux_logits=False, init_weights=False), 32),
     "squeezenet1_1": (lambda: tvm.squeezenet1_1(num_classes=10), 32),
+    "shufflenet_v2_x0_5": (lambda: tvm.shufflenet_v2_x0_5(num_classes=10), 32),
+    # swin_t's layout (depths, heads, 7x7 windows) at a quarter of its width: swin_t itself needs 3,088
+    # samples for its widest MLP and ~2 minutes here (it reaches 0.49999 too; see BENCHMARKS.md)
+    "swin_t_quarter": (lambda: SwinTransformer(patch_size=[4, 4], embed_dim=24, depths=[2, 2, 6, 2],
+                                               num_heads=[3, 6, 12, 24], window_size=[7, 7], num_classes=10), 32),
 }
 TIMM = {  # name: input size
     "convnext_atto": 32,
@@ -78,6 +84,10 @@ def test_torchvision_models_reach_half_their_parameters(name):
         assert _mlp_shrank(layers, "mlp.0") and layers["conv_proj"] == 1
     if name == "convnext_tiny":  # the pointwise MLP on channels-last tensors shrinks
         assert _mlp_shrank(layers, "block.3")
+    if name == "swin_t_quarter":  # the MLPs shrink around shifted-window attention
+        assert _mlp_shrank(layers, "mlp.0")
+    if name == "shufflenet_v2_x0_5":  # inside the branches, between the channel shuffles
+        assert _mlp_shrank(layers, "branch2.0")
 
 
 @pytest.mark.parametrize("name", list(TIMM))

@@ -1,0 +1,95 @@
+"""Reshapes that mix channels, which Torch-Pruning cannot map: its dependency graph is cut there.
+
+ShuffleNet's channel shuffle is ``view(N, g, C/g, H, W) -> transpose(1, 2) -> view(N, C, H, W)``:
+channel ``i`` after it is some other channel before it. Torch-Pruning maps a reshape only when it
+flattens or unflattens channels in order (``Conv -> flatten -> Linear``); on a shuffle it crashes
+(``ZeroDivisionError``) or maps indices wrongly. :class:`FencedGraph` removes every such
+*reshape -> permute -> reshape* run of a tensor of rank 5 or more from the traced graph before
+the dependencies are built, and remembers the nodes on either side; :func:`crosses_fence` then
+tells which channel spaces would have to change channels through it, and those are left whole.
+Everything else in the model (e.g. the layers inside each ShuffleNet branch) is cut as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch_pruning as tp
+from torch import nn
+
+_PERMUTES = ("TransposeBackward", "PermuteBackward")
+_MAX_RUN = 8  # ops between the two reshapes (a permute, a contiguous copy, ...)
+
+
+def _input_rank(node: Any) -> int:
+    for attr in ("_saved_self_sym_sizes", "_saved_self_sizes"):  # the name changed across torch versions
+        sizes = getattr(node.grad_fn, attr, None)
+        if sizes is not None:
+            return len(sizes)
+    return 0
+
+
+def _mixing_run(end: Any) -> list[Any] | None:
+    """The nodes from a reshape back to the reshape before it, when a permute lies between them."""
+    run, node, permuted = [end], end, False
+    while len(node.inputs) == 1 and len(run) <= _MAX_RUN:
+        node = node.inputs[0]
+        if len(node.outputs) != 1:
+            return None
+        if node.type == tp.ops.OPTYPE.RESHAPE:
+            return [*run, node] if permuted else None
+        if node.type != tp.ops.OPTYPE.ELEMENTWISE:
+            return None
+        permuted |= type(node.grad_fn).__name__.startswith(_PERMUTES)
+        run.append(node)
+    return None
+
+
+class FencedGraph(tp.DependencyGraph):
+    """Torch-Pruning's dependency graph without the channel-mixing reshapes.
+
+    ``upstream`` holds the nodes whose output fed a removed run, ``downstream`` the nodes that read
+    one; ``fences`` counts the runs removed.
+    """
+
+    upstream: set
+    downstream: set
+    fences: int
+
+    def _build_dependency(self, module2node: dict) -> None:
+        self.upstream, self.downstream, self.fences = set(), set(), 0
+        ends = [n for n in module2node.values() if n.type == tp.ops.OPTYPE.RESHAPE and _input_rank(n) >= 5]
+        for end in ends:
+            run = _mixing_run(end)
+            if run is None:
+                continue
+            members = set(run)
+            for node in run:
+                for before in node.inputs:
+                    if before not in members:
+                        self.upstream.add(before)
+                        before.outputs = [o for o in before.outputs if o not in members]
+                for after in node.outputs:
+                    if after not in members:
+                        self.downstream.add(after)
+                        after.inputs = [i for i in after.inputs if i not in members]
+            for key in [k for k, n in module2node.items() if n in members]:
+                del module2node[key]
+            self.fences += 1
+        super()._build_dependency(module2node)
+
+
+def crosses_fence(graph: tp.DependencyGraph, dep: Any, prunable: tuple[type[nn.Module], ...]) -> bool:
+    """Whether the channels that ``dep`` prunes pass through a removed run (so they cannot change)."""
+    node = dep.target
+    upstream, downstream = getattr(graph, "upstream", ()), getattr(graph, "downstream", ())
+    if node not in upstream and node not in downstream:
+        return False
+    module = node.module
+    if not isinstance(module, prunable):  # an element-wise op, a norm, a concat...: its channels are the fenced ones
+        return True
+    is_out = graph.is_out_channel_pruning_fn(dep.handler)
+    if node in upstream and is_out:
+        return True
+    depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
+    return node in downstream and (not is_out or depthwise)
