@@ -9,6 +9,7 @@ plots under ``benchmarks/results/``:
 Sections:
 - the main job timed (``benchmarks/main_job.py``, run separately: ~4 min), rendered from its saved results;
 - the budget sweep (``benchmarks/budget_sweep.py``, run separately: ~1 h), rendered from its saved results;
+- ``round_to`` speed-ups and full-size swin_t (``benchmarks/architectures.py``, run separately: ~6 min), likewise;
 - quality at PFA-KL's footprint: full model; PFA-KL; PFA-Energy at 3 thresholds; at PFA-KL's widths: random and
   weight_l1 selection; uniform width scaling at PFA-KL's parameter count; PFA-KL's architecture
   trained from scratch; PFA-KL with least-squares compensation. Every arm gets the same training
@@ -404,6 +405,13 @@ def budget_section() -> list[str]:
     return section(json.loads(RAW.read_text())) if RAW.exists() else []
 
 
+def architectures_section() -> list[str]:
+    """``round_to`` and full-size swin_t (``benchmarks/architectures.py``), when its results exist."""
+    from architectures import RAW, section
+
+    return section(json.loads(RAW.read_text())) if RAW.exists() else []
+
+
 def report(data: dict) -> str:
     args, arms, speed_rows, iter_rows = data["args"], data["arms"], data, data["iterative"]
     lines = [
@@ -414,6 +422,7 @@ def report(data: dict) -> str:
         "training samples. Numbers are measured on this machine, not quoted from the paper.", "",
         *main_job_section(),
         *budget_section(),
+        *architectures_section(),
         "## Quality at PFA-KL's own footprint (accuracy in %, mean ± std over seeds)", "",
         "| arm | params % | FLOPs % | accuracy right after surgery | final accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",
