@@ -6,11 +6,11 @@ import copy
 from typing import Any, Mapping
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from pfa_lightning.graph import ModelGraph, module_width
 from pfa_lightning.nested import clone_inputs, run_model
+from pfa_lightning.pruning import count_timm_attention, tp
 
 METRICS = ("params", "flops")
 
@@ -28,6 +28,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     BatchNorm, activation and pooling operations. The model is not modified.
     """
     inputs = clone_inputs(example_inputs, 1)
+    count_timm_attention()
     # the counter calls model(*inputs) for a tuple: wrap a lone tensor so it is not unpacked into rows
     flops, _ = tp.utils.count_ops_and_params(model, (inputs,) if not isinstance(inputs, (tuple, list, dict)) else inputs)
     return int(flops)

@@ -17,12 +17,12 @@ from functools import cached_property
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from pfa_lightning.activations import UNKNOWN_NOTE, Activation, activation_of, unknown_activation
 from pfa_lightning.errors import PFAError
 from pfa_lightning.nested import clone_inputs, map_nested, run_model
+from pfa_lightning.pruning import tp
 from pfa_lightning.reshapes import FencedGraph, crosses_fence
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

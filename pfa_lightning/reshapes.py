@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch_pruning as tp
 from torch import nn
+
+from pfa_lightning.pruning import tp
 
 _PERMUTES = ("TransposeBackward", "PermuteBackward")
 _MAX_RUN = 8  # ops between the two reshapes (a permute, a contiguous copy, ...)

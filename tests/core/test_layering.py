@@ -11,13 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 UPPER_LAYERS = ("pytorch_lightning", "lightning", "hydra", "wandb")
 
 
-def _run_fresh(code: str) -> subprocess.CompletedProcess:
+def _run_fresh(code: str, check_layers: bool = True) -> subprocess.CompletedProcess:
     prelude = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
     check = textwrap.dedent(f"""
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {UPPER_LAYERS!r})
         assert not loaded, f"the core loaded {{loaded}}"
         print("CLEAN")
-    """)
+    """) if check_layers else ""
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code) + check], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
@@ -69,3 +69,29 @@ def test_core_modules_do_not_import_upper_layers():
 def test_modules_stay_small():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / "pfa_lightning").rglob("*.py")}
     assert not {name: n for name, n in sizes.items() if n > 450}
+
+
+def test_timm_is_not_loaded_by_the_core_and_its_attention_is_still_counted():
+    """Torch-Pruning imports timm when installed (and timm imports wandb): the core hides it, then gives
+    the FLOP counter timm's attention hooks once timm is loaded — the same count either way."""
+    import pytest
+
+    pytest.importorskip("timm")
+    count = """
+        import timm, torch
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32,
+                                  patch_size=8, depth=1)
+        print("FLOPS", pfa.count_flops(model, torch.randn(1, 3, 32, 32)))
+    """
+    core_first = _run_fresh("""
+        import pfa_lightning as pfa
+        assert "timm" not in sys.modules, "importing the core loaded timm"
+    """ + count, check_layers=False)  # timm itself loads wandb
+    timm_first = _run_fresh("""
+        import timm
+        import pfa_lightning as pfa
+    """ + count, check_layers=False)
+    for result in (core_first, timm_first):
+        assert result.returncode == 0, result.stderr[-3000:]
+    flops = [next(line for line in r.stdout.splitlines() if line.startswith("FLOPS")) for r in (core_first, timm_first)]
+    assert flops[0] == flops[1]
