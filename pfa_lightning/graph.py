@@ -150,7 +150,7 @@ def _untraceable(model: nn.Module, names: Mapping[nn.Module, str], err: BaseExce
         where = f" while following the channels of layer {layer!r}"
     return (f"PFA cannot map the channels of {type(model).__name__}{op}{where}: Torch-Pruning's dependency graph "
             f"failed ({type(err).__name__}: {err}). Operations that reinterpret the channel axis in a way it cannot "
-            "follow are not supported (a channel shuffle, reshape -> permute -> reshape of a 5-D tensor, is); "
+            "follow are not supported (a channel shuffle, reshape -> permute -> reshape, is); "
             "the model was not changed.")
 
 
@@ -186,13 +186,14 @@ class ModelGraph:
 
     @property
     def fenced(self) -> list[str]:
-        """Layers left whole because their channels pass through a reshape that mixes channels
+        """Layers left whole because their channels pass through a reshape -> permute -> reshape run
         (see :mod:`pfa_lightning.reshapes`)."""
         _ = self.spaces  # found with the spaces
         return self._fenced
 
     # -- discovery ---------------------------------------------------------------------------
     def _find_spaces(self) -> list[ChannelSpace]:
+        self._fenced = []
         spaces: list[ChannelSpace] = []
         seen: set[nn.Module] = set()
         order = {m: i for i, m in enumerate(self.model.modules())}

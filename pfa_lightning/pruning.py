@@ -5,6 +5,8 @@ attention of timm's ViT and Swin; timm in turn imports wandb and torch.fx, so in
 with timm every ``import pfa_lightning`` took ~4 s longer. Here Torch-Pruning is imported with timm
 hidden (unless the program has imported timm already), and :func:`count_timm_attention` gives the
 counter timm's attention hooks, Torch-Pruning's own, once a model is counted after timm was imported.
+(So ``pfa.count_flops`` counts timm's attention either way; calling Torch-Pruning's
+``count_ops_and_params`` directly, before any ``pfa.count_flops``, would not.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ else:
     try:
         import torch_pruning as tp
     finally:
-        del sys.modules["timm"]
+        if sys.modules.get("timm", 0) is None:  # (another thread may have imported the real timm meanwhile)
+            del sys.modules["timm"]
 
 from torch_pruning.utils import op_counter
 

@@ -229,6 +229,10 @@ def make_recipe(
     stats.check_finite()
 
     graph = ModelGraph(model, example_inputs)
+    if graph.fenced:
+        named = ", ".join(graph.fenced[:6]) + (f" and {len(graph.fenced) - 6} more" if len(graph.fenced) > 6 else "")
+        warnings.warn(f"The channels of {named} pass through a reshape -> permute -> reshape (e.g. a channel "
+                      "shuffle), which Torch-Pruning cannot map: they are left whole.", stacklevel=2)
     candidates = []
     for space in graph.spaces:
         if space.reaches_output:

@@ -1,12 +1,15 @@
-"""Reshapes that mix channels, which Torch-Pruning cannot map: its dependency graph is cut there.
+"""Reshapes that reorder channels, which Torch-Pruning cannot map: its dependency graph is cut there.
 
 ShuffleNet's channel shuffle is ``view(N, g, C/g, H, W) -> transpose(1, 2) -> view(N, C, H, W)``:
 channel ``i`` after it is some other channel before it. Torch-Pruning maps a reshape only when it
 flattens or unflattens channels in order (``Conv -> flatten -> Linear``); on a shuffle it crashes
-(``ZeroDivisionError``) or maps indices wrongly. :class:`FencedGraph` removes every such
-*reshape -> permute -> reshape* run of a tensor of rank 5 or more from the traced graph before
-the dependencies are built, and remembers the nodes on either side; :func:`crosses_fence` then
-tells which channel spaces would have to change channels through it, and those are left whole.
+(``ZeroDivisionError``) or, on lower-rank variants, maps indices wrongly without a word.
+:class:`FencedGraph` therefore removes every *reshape -> permute -> reshape* run from the traced graph
+before the dependencies are built (whatever the tensors' rank: which axis is the channel one is not
+known there, so any permutation between two reshapes may reorder channels), and remembers the nodes on
+either side; :func:`crosses_fence` then tells which channel spaces would change channels through it,
+and those are left whole. This is conservative: Swin's window partition (``view -> permute -> view``,
+channels last and in order) is fenced too, so its residual stream stays whole while its MLPs are cut.
 Everything else in the model (e.g. the layers inside each ShuffleNet branch) is cut as usual.
 """
 
@@ -22,16 +25,9 @@ _PERMUTES = ("TransposeBackward", "PermuteBackward")
 _MAX_RUN = 8  # ops between the two reshapes (a permute, a contiguous copy, ...)
 
 
-def _input_rank(node: Any) -> int:
-    for attr in ("_saved_self_sym_sizes", "_saved_self_sizes"):  # the name changed across torch versions
-        sizes = getattr(node.grad_fn, attr, None)
-        if sizes is not None:
-            return len(sizes)
-    return 0
-
-
 def _mixing_run(end: Any) -> list[Any] | None:
-    """The nodes from a reshape back to the reshape before it, when a permute lies between them."""
+    """The nodes from a reshape back to the reshape before it, when a permute lies between them (and
+    nothing else reads the tensors in between)."""
     run, node, permuted = [end], end, False
     while len(node.inputs) == 1 and len(run) <= _MAX_RUN:
         node = node.inputs[0]
@@ -59,7 +55,7 @@ class FencedGraph(tp.DependencyGraph):
 
     def _build_dependency(self, module2node: dict) -> None:
         self.upstream, self.downstream, self.fences = set(), set(), 0
-        ends = [n for n in module2node.values() if n.type == tp.ops.OPTYPE.RESHAPE and _input_rank(n) >= 5]
+        ends = [n for n in module2node.values() if n.type == tp.ops.OPTYPE.RESHAPE]
         for end in ends:
             run = _mixing_run(end)
             if run is None:
@@ -92,5 +88,5 @@ def crosses_fence(graph: tp.DependencyGraph, dep: Any, prunable: tuple[type[nn.M
     is_out = graph.is_out_channel_pruning_fn(dep.handler)
     if node in upstream and is_out:
         return True
-    depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
-    return node in downstream and (not is_out or depthwise)
+    grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1  # may tie its inputs to its outputs
+    return node in downstream and (not is_out or grouped)

@@ -3,6 +3,8 @@ PFAError naming the layer, never an arithmetic crash inside Torch-Pruning."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torchvision.models import shufflenet_v2_x0_5
@@ -51,6 +53,48 @@ def test_a_channel_shuffle_is_fenced_the_layers_inside_each_branch_are_cut():
     assert "stage3.1.branch2.0" in cuttable and "stage3.1.branch2.5" in graph.fenced
     # the depthwise conv of a downsampling branch reads the shuffled stream: left whole
     assert "stage3.0.branch1.0" in graph.fenced and "stage3.0.branch1.0" not in cuttable
+
+
+def test_a_cut_between_channel_shuffles_removes_exactly_the_cut_channels():
+    """Cutting a ShuffleNet branch's hidden channels equals silencing them where the branch reads them last."""
+    torch.manual_seed(0)
+    model = shufflenet_v2_x0_5(num_classes=10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    reference = copy.deepcopy(model)
+    removed = [0, 5, 17]
+    with torch.no_grad():
+        reference.stage3[1].branch2[5].weight[:, removed] = 0
+        expected = reference(x)
+    pfa.graph.ModelGraph(model, x[:2]).prune({"stage3.1.branch2.0": removed})
+    assert model.stage3[1].branch2[0].out_channels == 48 - len(removed)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class _Shuffle1d(torch.nn.Module):
+    """A channel shuffle on 3-D tensors (view -> transpose -> view of a 4-D tensor) before a grouped conv:
+    Torch-Pruning maps it without an error, wrongly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = torch.nn.Conv1d(3, 8, 3, padding=1)
+        self.conv_b = torch.nn.Conv1d(8, 8, 1, groups=2)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv_a(x))
+        n, c, length = y.shape
+        y = y.view(n, 2, c // 2, length).transpose(1, 2).reshape(n, c, length)
+        return self.fc(torch.relu(self.conv_b(y)).mean(2))
+
+
+def test_a_shuffle_of_any_rank_is_fenced():
+    model = _Shuffle1d().eval()
+    graph = pfa.graph.ModelGraph(model, torch.randn(2, 3, 16))
+    # conv_a's channels are shuffled; conv_b is a grouped conv reading them (its input and output may be
+    # tied): both left whole, so nothing is cut wrongly
+    assert graph.dg.fences == 1 and graph.fenced == ["conv_a", "conv_b"]
+    assert not [s.root for s in graph.spaces if not s.reaches_output]
 
 
 def _samples(n: int, size: int, channels: int = 3, seed: int = 0) -> list[torch.Tensor]:
