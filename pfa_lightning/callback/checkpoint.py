@@ -3,12 +3,15 @@ architecture from a checkpoint, and :func:`load_compressed`."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from pfa_lightning.callback.namespace import lightning_module_classes
 from pfa_lightning.errors import PFAError
 from pfa_lightning.graph import module_width
 from pfa_lightning.nested import map_nested
@@ -84,6 +87,25 @@ def restore_architecture(module: nn.Module, checkpoint: dict[str, Any]) -> dict[
     return data
 
 
+def check_checkpoint_file(path: Any, name: str = "checkpoint_path") -> str:
+    """``path`` if it is a readable Lightning checkpoint; else one PFAError naming the setting ``name`` and
+    what the file holds (Lightning's own failure on a truncated or foreign file is a long traceback)."""
+    file = Path(str(path))
+    if not file.is_file():
+        raise PFAError(f"`{name}` {str(file)!r} is not a file (a Lightning checkpoint, e.g. a run's checkpoints/last.ckpt).")
+    try:  # memory-mapped: reading the keys does not load the tensors
+        checkpoint = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure to read it is the same user error
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise PFAError(f"`{name}` {str(file)!r} cannot be read as a PyTorch checkpoint (truncated or not a "
+                       f"checkpoint: {reason}).") from None
+    keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else []
+    if not {"state_dict", "epoch", "global_step"} <= set(keys):
+        what = f"a dict with keys {keys[:8]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        raise PFAError(f"`{name}` {str(file)!r} is not a Lightning checkpoint (it holds {what}).")
+    return str(file)
+
+
 def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any, **kwargs: Any) -> pl.LightningModule:
     """Build ``module_class``, replay the checkpoint's compressions, load the weights; in eval mode.
 
@@ -96,10 +118,15 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
         >>> model(x)
 
     Raises:
-        PFAError: the checkpoint's compressions do not fit the module built by ``module_class``.
+        PFAError: ``checkpoint_path`` is not a readable Lightning checkpoint, or its compressions do not fit
+            the module built by ``module_class``.
     """
-    if not (isinstance(module_class, type) and issubclass(module_class, pl.LightningModule)):
-        raise PFAError(f"`module_class` must be a LightningModule subclass, got {module_class!r}.")
+    if not (isinstance(module_class, type) and issubclass(module_class, lightning_module_classes())):
+        raise PFAError("`module_class` must be a LightningModule subclass (of pytorch_lightning or lightning.pytorch), "
+                       f"got {module_class!r}.")
+
+    if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):  # a local file
+        check_checkpoint_file(checkpoint_path)
 
     def on_load_checkpoint(self: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         restore_architecture(self, checkpoint)
@@ -115,5 +142,5 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     return model.eval()
 
 
-__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "input_spec", "inputs_from_spec", "load_compressed",
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "check_checkpoint_file", "input_spec", "inputs_from_spec", "load_compressed",
            "restore_architecture"]

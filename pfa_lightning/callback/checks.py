@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 
+from pfa_lightning.callback.namespace import lightning_of
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
 from pfa_lightning.graph import ModelGraph, analysable_layers
@@ -18,7 +18,9 @@ from pfa_lightning.strategies import Footprint, Strategy
 def check_trainer(trainer: pl.Trainer, compress_at: list[int], max_samples: int | None, kind: type) -> None:
     """Refuse, in ``setup``, what the trainer makes impossible: sharded strategies, two callbacks, epochs past the end."""
     strategy = trainer.strategy
-    if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+    strategies = lightning_of(trainer).strategies  # pytorch_lightning's or lightning.pytorch's classes
+    if (isinstance(strategy, strategies.DeepSpeedStrategy)
+            or not isinstance(strategy, (strategies.SingleDeviceStrategy, strategies.DDPStrategy))):
         raise PFAError(
             f"PFACallback supports single-device and DDP strategies, got {type(strategy).__name__}: FSDP, "
             "DeepSpeed and model-parallel strategies shard or wrap parameters, so layer surgery is refused."

@@ -10,10 +10,10 @@ from typing import Callable, Iterable
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from pfa_lightning.callback.namespace import lightning_of
 from pfa_lightning.errors import PFAError
 from pfa_lightning.recalibration import batchnorm_layers, recalibrate_batchnorm
 from pfa_lightning.recipe import Recipe
@@ -89,7 +89,7 @@ def check_same_decision(trainer: pl.Trainer, recipe: Recipe) -> None:
 def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
     """Rebuild the DDP wrapper, which holds the replaced parameters."""
     strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and strategy.model is not module:
+    if isinstance(strategy, lightning_of(trainer).strategies.DDPStrategy) and strategy.model is not module:
         strategy.model = module
         strategy.configure_ddp()
 

@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from pfa_lightning.callback import PFACallback
+from pfa_lightning.callback.checkpoint import check_checkpoint_file
 from pfa_lightning.callback.data import shard
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
@@ -59,6 +60,22 @@ class ExperimentPFACallback(PFACallback):
         dm = self.datamodule
         loader = dm.test_dataloader(specialized=bool(dm.specialize_classes))
         return (*shard(loader, trainer.global_rank, trainer.world_size, None), "test")
+
+
+def _extra_callbacks(cfg: DictConfig, pfa_cb: PFACallback | None) -> list[Any]:
+    """The `callbacks` group's Lightning callbacks (one `_target_` entry each, as in lightning-hydra-template)."""
+    from hydra.utils import instantiate
+
+    built = []
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            raise fail(f"callbacks.{name}", "a callback config with a `_target_`", spec)
+        callback = instantiate(spec, _convert_="all")
+        if isinstance(callback, PFACallback) and pfa_cb is not None:
+            raise PFAError(f"`callbacks.{name}` builds a PFACallback and so does the `pfa` group: run.py takes one; "
+                           "use pfa=none with it, or drop it.")
+        built.append(callback)
+    return built
 
 
 def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | None:
@@ -132,9 +149,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
     loggers = _loggers(cfg, out)
     epochs = int(cfg.train.epochs) + int(cfg.train.finetune_epochs)
+    extra = _extra_callbacks(cfg, pfa_cb)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, max_epochs=cfg.trainer.get("max_epochs") or epochs, default_root_dir=str(out),
-        callbacks=[c for c in (pfa_cb, checkpoint) if c is not None], logger=loggers or False,
+        callbacks=[c for c in (pfa_cb, checkpoint, *extra) if c is not None], logger=loggers or False,
         reload_dataloaders_every_n_epochs=1 if getattr(datamodule, "specialize_classes", None) else 0,
     )
     for logger in loggers:
@@ -144,7 +162,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     # without PFA, a resumed checkpoint may hold another network: count the full one before the fit
     full_before = (count_params(module), count_flops(module, x)) if pfa_cb is None else None
     try:
-        trainer.fit(module, datamodule, ckpt_path=cfg.train.get("ckpt_path"))
+        trainer.fit(module, datamodule, ckpt_path=resume_from(cfg.train.get("ckpt_path")))
         tested = trainer.test(module, datamodule, verbose=False)
         acc_final = float(tested[0]["test/acc"]) if tested else None
         history = pfa_cb.history if pfa_cb is not None else []
@@ -272,6 +290,12 @@ def _finish_wandb(loggers: list) -> None:
             wandb.finish()
 
 
+
+
+def resume_from(path: Any) -> str | None:
+    """``train.ckpt_path``, checked: a readable Lightning checkpoint, else one clear PFAError (a truncated
+    or foreign file used to give Lightning's 44-line traceback)."""
+    return None if path is None else check_checkpoint_file(path, "train.ckpt_path")
 
 
 def user_error_message(err: BaseException) -> str | None:

@@ -88,3 +88,24 @@ def test_selection_objects_come_from_the_config():
     import pfa_lightning as pfa
 
     assert instantiate(cfg.pfa.selection) == pfa.Random(seed=4)
+
+
+def test_the_callbacks_group_adds_lightning_callbacks_and_refuses_a_second_pfa_callback():
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from pfa_lightning import PFAError
+    from pfa_lightning.experiments.runner import _extra_callbacks
+
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["callbacks=[model_checkpoint,lr_monitor,early_stopping]"],
+                      return_hydra_config=True)
+    cfg.hydra.runtime.output_dir = "/tmp/pfa-test"  # what a Hydra run sets
+    HydraConfig.instance().set_config(cfg)
+    built = _extra_callbacks(cfg, pfa_cb=None)
+    assert [type(c) for c in built] == [ModelCheckpoint, LearningRateMonitor, EarlyStopping]
+    assert built[0].monitor == "val/acc" and built[2].monitor == "val/acc"
+    with pytest.raises(PFAError, match="`callbacks.pfa` builds a PFACallback and so does the `pfa` group"):
+        _extra_callbacks(composed("callbacks=pfa"), pfa_cb=object())

@@ -44,3 +44,25 @@ def test_bad_pfa_settings_are_one_clear_error():
     for extra, match in cases:
         with pytest.raises(PFAError, match=match):
             _pfa_callback(OmegaConf.create({"pfa": {**base, **extra}}), None)
+
+
+def test_a_truncated_or_foreign_resume_checkpoint_is_one_clear_error(tmp_path):
+    import pytest
+    import torch
+
+    from pfa_lightning.experiments.runner import resume_from
+
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 1, "global_step": 10}, good)
+    assert resume_from(good) == str(good) and resume_from(None) is None
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    foreign = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, foreign)
+    cases = [(tmp_path / "missing.ckpt", "is not a file"),
+             (truncated, "cannot be read as a PyTorch checkpoint \\(truncated or not a checkpoint"),
+             (foreign, r"is not a Lightning checkpoint \(it holds a dict with keys \[.conv.weight.\]\)")]
+    for path, match in cases:
+        with pytest.raises(PFAError, match=match) as info:
+            resume_from(path)
+        assert "\n" not in str(info.value)
