@@ -12,13 +12,14 @@ import inspect
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from pfa_lightning.callback import PFACallback
@@ -60,6 +61,25 @@ class ExperimentPFACallback(PFACallback):
         dm = self.datamodule
         loader = dm.test_dataloader(specialized=bool(dm.specialize_classes))
         return (*shard(loader, trainer.global_rank, trainer.world_size, None), "test")
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``last.ckpt`` at the end of every training epoch, atomically (a crash while writing keeps the
+    previous one). Lightning runs checkpoint callbacks after the others, so at a compression epoch it holds
+    the compressed network and its history: a crash loses at most the epoch under way. (Lightning's
+    ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last.ckpt`` only when the fit ends.)"""
+
+    def __init__(self, dirpath: Path) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        trainer.strategy.barrier("pfa_last_checkpoint")
 
 
 def _extra_callbacks(cfg: DictConfig, pfa_cb: PFACallback | None) -> list[Any]:
@@ -146,7 +166,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     extra = {"input_size": datamodule.size} if getattr(datamodule, "size", None) else {}
     module = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels, **extra)
     pfa_cb = _pfa_callback(cfg, datamodule)
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    checkpoint = LastCheckpoint(out / "checkpoints")
     loggers = _loggers(cfg, out)
     epochs = int(cfg.train.epochs) + int(cfg.train.finetune_epochs)
     extra = _extra_callbacks(cfg, pfa_cb)

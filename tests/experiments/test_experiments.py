@@ -209,3 +209,28 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.glob("*/results.json")) == ["0", "1"]
     assert len(list(csv.DictReader((sweep / "sweep_summary.csv").open()))) == 2
+
+
+def test_a_run_killed_during_fine_tuning_resumes_from_last_ckpt_without_a_second_compression(tmp_path):
+    import csv
+
+    import torch
+
+    common = ["dataset=synthetic", "model=simplecnn", "model.width=0.25", "pfa=kl", "logger=csv",
+              "pfa.max_samples=128", "train.epochs=1", "train.finetune_epochs=3", "trainer.enable_progress_bar=false"]
+    killed = tmp_path / "killed"
+    proc = _cli([*common, f"hydra.run.dir={killed}",
+                 "+callbacks.killer={_target_: tests.helpers.killer.KillAt, epoch: 2, batch: 1}"], tmp_path)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL in the third epoch (the second of fine-tuning)
+    last = killed / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and len(saved["pfa"]["history"]) == 1  # end of the first fine-tuning epoch
+    resumed = tmp_path / "resumed"
+    proc = _cli([*common, f"hydra.run.dir={resumed}", f"train.ckpt_path={last}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((resumed / "results.json").read_text())
+    assert len(results["compressions"]) == 1  # no second compression
+    assert results["recipe"]["layers"] == saved["pfa"]["history"][0]["recipe"]["layers"]  # the same widths
+    rows = list(csv.DictReader(next((resumed / "csv").rglob("metrics.csv")).open()))
+    trained = sorted({int(r["epoch"]) for r in rows if r.get("val/acc")})
+    assert trained == [2, 3]  # only the unfinished epoch redone, then the last one
