@@ -24,8 +24,8 @@ from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, 
                                                restore_architecture)
 from pfa_lightning.callback.data import Converted, peek, shard, single_loader, without_augmentation
 from pfa_lightning.callback.distill import DISTILL_NEEDS_AUTOMATIC, Distillation, Teacher
-from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, recalibrate_on_every_rank, rewrap_ddp,
-                                                 sync_buffers)
+from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, raise_together,
+                                                recalibrate_on_every_rank, rewrap_ddp, sync_buffers)
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
 from pfa_lightning.callback.report import compression_metrics, print_compression
 from pfa_lightning.errors import PFAError
@@ -336,12 +336,17 @@ class PFACallback(Callback):
         """Statistics summed over ranks, then the same recipe on every rank (verified)."""
         data, limit = self._analysis_data(trainer)
         batches = Converted(data, trainer.precision_plugin.convert_input)
-        with trainer.precision_plugin.forward_context():
-            stats = collect_responses(
-                pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
-                exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
-                description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate,
-            )
+        failure: BaseException | None = None
+        try:
+            with trainer.precision_plugin.forward_context():
+                stats = collect_responses(
+                    pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
+                    exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
+                    description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate,
+                )
+        except Exception as err:  # noqa: BLE001 - whatever failed here, every rank must learn of it
+            failure = err
+        raise_together(trainer, failure)
         all_reduce(trainer, stats.tensors())
         if self.verbose:
             rank_zero_info(f"PFA analysed {stats.num_samples} samples of {self.analysis_data}.")

@@ -86,6 +86,22 @@ def check_same_decision(trainer: pl.Trainer, recipe: Recipe) -> None:
         )
 
 
+def raise_together(trainer: pl.Trainer, error: BaseException | None) -> None:
+    """Every rank raises the same PFAError when any rank failed (else they return): a rank-local failure
+    before a collective would otherwise leave the other ranks waiting until the backend times out."""
+    if not distributed(trainer):
+        if error is not None:
+            raise error
+        return
+    messages: list = [None] * trainer.world_size
+    own = None if error is None else (str(error) if isinstance(error, PFAError) else f"{type(error).__name__}: {error}")
+    dist.all_gather_object(messages, own)
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise PFAError(f"PFA's analysis failed on rank {rank} of {trainer.world_size}: {message}") from error
+
+
 def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
     """Rebuild the DDP wrapper, which holds the replaced parameters."""
     strategy = trainer.strategy
@@ -94,5 +110,6 @@ def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
         strategy.configure_ddp()
 
 
-__all__ = ["all_reduce", "check_same_decision", "decision_digest", "distributed", "recalibrate_on_every_rank", "rewrap_ddp",
+__all__ = ["all_reduce", "check_same_decision", "decision_digest", "distributed", "raise_together", "recalibrate_on_every_rank",
+           "rewrap_ddp",
            "sync_buffers"]

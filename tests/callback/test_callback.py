@@ -173,6 +173,17 @@ def test_ranks_that_decide_differently_fail_clearly_instead_of_hanging(tmp_path)
     assert not list(tmp_path.glob("rank*.pt"))
 
 
+def test_an_analysis_error_on_one_rank_reaches_every_rank_instead_of_hanging(tmp_path):
+    import time
+
+    start = time.monotonic()
+    result = run_python([DDP_SCRIPT, str(tmp_path), "nan"], check=False)
+    assert result.returncode != 0 and time.monotonic() - start < 120  # no wait for the backend's timeout
+    # rank 0 (this process's output) reports rank 1's non-finite responses
+    assert "PFA's analysis failed on rank 1 of 2: Layer" in result.stderr and "NaN or Inf" in result.stderr
+    assert not list(tmp_path.glob("rank*.pt"))
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def compressed_run(tmp_path_factory):
