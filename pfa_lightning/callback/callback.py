@@ -20,14 +20,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pfa_lightning.callback.checks import check_module, check_trainer
-from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, already_applied, input_spec,
-                                               restore_architecture)
+from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, already_applied, check_not_behind,
+                                               input_spec, restore_architecture)
 from pfa_lightning.callback.data import Converted, peek, shard, single_loader, without_augmentation
 from pfa_lightning.callback.distill import DISTILL_NEEDS_AUTOMATIC, Distillation, Teacher
 from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, raise_together,
                                                 recalibrate_on_every_rank, rewrap_ddp, sync_buffers)
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
-from pfa_lightning.callback.report import compression_metrics, print_compression
+from pfa_lightning.callback.report import compression_metrics, log_to_loggers, monitored_metrics, print_compression
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.graph import evaluating
@@ -185,6 +185,7 @@ class PFACallback(Callback):
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
             self._remove_restore_hook()
+            check_not_behind(checkpoint, pl_module, self.history)  # e.g. test(ckpt_path="best") before a surgery
             self._read_checkpoint(restore_architecture(pl_module, checkpoint))
             original(checkpoint)
 
@@ -254,17 +255,22 @@ class PFACallback(Callback):
         except PFAError:
             return False
 
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:  # what a checkpoint written at validation end holds (before a surgery)
+            pl_module.log_dict(monitored_metrics(self.history), logger=False)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch in self.compress_at and epoch not in self.done_epochs:
             self.compress(trainer, pl_module, epoch)
+        pl_module.log_dict(monitored_metrics(self.history), logger=False)  # after it: checkpoints run last
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release_teacher()
         if self.validate_after and self.evaluate_at_end and self.history:
             accuracy, _ = self._evaluate(trainer, pl_module)
             if accuracy is not None:
-                self.log_metrics(trainer, {"pfa/acc_end": accuracy})
+                log_to_loggers(trainer, {"pfa/acc_end": accuracy})
 
     # -- the compression ---------------------------------------------------------------------------
     def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Recipe:
@@ -310,7 +316,7 @@ class PFACallback(Callback):
             "accuracy_on": accuracy_on,
         })
         metrics = compression_metrics(self.history[-1], recipe, len(self.history))
-        self.log_metrics(trainer, metrics)
+        log_to_loggers(trainer, metrics)
         if self.verbose and trainer.is_global_zero:
             print_compression(self.history[-1], recipe, len(self.history), metrics)
         return recipe
@@ -435,14 +441,6 @@ class PFACallback(Callback):
                 if limit is not None and total >= limit:
                     break
         return correct, total
-
-    # -- reporting ---------------------------------------------------------------------------------
-    @staticmethod
-    def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
-        """Log to every attached logger, on rank zero, at the current global step."""
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
 
 
 __all__ = ["PFACallback"]

@@ -87,6 +87,25 @@ def restore_architecture(module: nn.Module, checkpoint: dict[str, Any]) -> dict[
     return data
 
 
+def check_not_behind(checkpoint: dict[str, Any], module: nn.Module, history: list[dict[str, Any]]) -> None:
+    """Refuse a checkpoint with fewer compressions than ``module`` has had in this fit (``history``; e.g. a
+    ``ModelCheckpoint`` written at validation end, before that epoch's surgery): its weights belong to a
+    wider network, and the module cannot grow back in place."""
+    try:  # compressed in place by this fit (not a fresh module resuming)?
+        compressions = len(history) if history and already_applied(module, Recipe.from_dict(history[-1]["recipe"])) else 0
+    except PFAError:
+        compressions = 0
+    saved = len((checkpoint.get(CHECKPOINT_KEY) or {}).get("history") or [])
+    if saved < compressions:
+        raise PFAError(
+            f"This checkpoint was written after {saved} of this fit's {compressions} PFA compression(s) (e.g. by a "
+            "ModelCheckpoint at validation end, before that epoch's surgery): it holds a wider network than the "
+            "module, which was compressed in place. Load it into a fresh module with load_compressed(YourModule, "
+            "path), or keep checkpoints written after the surgery (ModelCheckpoint(save_on_train_epoch_end=True), "
+            "or monitor 'pfa/params_ratio')."
+        )
+
+
 def check_checkpoint_file(path: Any, name: str = "checkpoint_path") -> str:
     """``path`` if it is a readable Lightning checkpoint; else one PFAError naming the setting ``name`` and
     what the file holds (Lightning's own failure on a truncated or foreign file is a long traceback)."""
@@ -142,5 +161,5 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     return model.eval()
 
 
-__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "check_checkpoint_file", "input_spec", "inputs_from_spec", "load_compressed",
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "check_checkpoint_file", "check_not_behind", "input_spec", "inputs_from_spec", "load_compressed",
            "restore_architecture"]

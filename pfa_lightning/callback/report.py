@@ -24,6 +24,25 @@ def compression_metrics(entry: dict[str, Any], recipe: Recipe, count: int) -> di
     return metrics
 
 
+def log_to_loggers(trainer: Any, metrics: dict[str, float]) -> None:
+    """Log to every attached logger, on rank zero, at the current global step."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def monitored_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    """What a ``ModelCheckpoint``/``EarlyStopping`` can monitor (or put in a file name), logged every epoch
+    through ``LightningModule.log``: the network's size now relative to the full one, and the number of
+    compressions so far (1.0, 1.0 and 0 before the first)."""
+    if not history:
+        return {"pfa/params_ratio": 1.0, "pfa/flops_ratio": 1.0, "pfa/compressions": 0.0}
+    first, last = history[0], history[-1]
+    return {"pfa/params_ratio": last["params_after"] / first["params_before"],
+            "pfa/flops_ratio": last["flops_after"] / first["flops_before"],
+            "pfa/compressions": float(len(history))}
+
+
 def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics: dict[str, float]) -> None:
     """The recipe table and a summary line (call on rank zero)."""
     from rich.console import Console
@@ -43,4 +62,4 @@ def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics
     )
 
 
-__all__ = ["ACCURACIES", "compression_metrics", "print_compression"]
+__all__ = ["ACCURACIES", "compression_metrics", "log_to_loggers", "monitored_metrics", "print_compression"]

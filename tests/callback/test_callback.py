@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.strategies import FSDPStrategy
 from torch.utils.data import DataLoader
 
-from pfa_lightning import PFACallback, Recipe, count_params, load_compressed
+from pfa_lightning import PFACallback, PFAError, Recipe, count_params, load_compressed
 from pfa_lightning.callback import restore_architecture
 from tests.helpers.callback_models import (LinearOnly, NoForward, ResidualNet, WrappedNet, loaders, make_dataset,
                                    quiet_trainer)
@@ -409,3 +410,25 @@ def test_strategy_and_selection_objects_inside_a_fit():
     assert callback.recipes[0].selection == "l1_max"
     with pytest.raises(pfa.PFAError, match=r"Options \['ratio'\] only apply to a strategy given by name"):
         PFACallback(pfa.KL(), ratio=0.5, compress_at=[1])
+
+
+def test_compression_metrics_can_be_monitored_and_a_best_checkpoint_from_before_the_surgery_is_refused(tmp_path):
+    torch.manual_seed(0)
+    module = ResidualNet()
+    pfa = PFACallback(compress_at=[1], strategy="footprint", ratio=0.5, metric="params", verbose=False)
+    smallest = ModelCheckpoint(dirpath=tmp_path / "small", monitor="pfa/params_ratio", mode="min", save_top_k=1,
+                               filename="{epoch}-{pfa/params_ratio:.2f}", auto_insert_metric_name=False,
+                               save_on_train_epoch_end=True)
+    at_val_end = ModelCheckpoint(dirpath=tmp_path / "val", monitor="pfa/compressions", mode="min", save_top_k=1,
+                                 save_on_train_epoch_end=False)  # the best is the one before the surgery
+    trainer = quiet_trainer(max_epochs=2, callbacks=[pfa, smallest, at_val_end], enable_checkpointing=True)
+    train, val = loaders()
+    trainer.fit(module, train, val)
+    assert trainer.callback_metrics["pfa/params_ratio"] <= 0.5 and trainer.callback_metrics["pfa/compressions"] == 1
+    assert float(Path(smallest.best_model_path).stem.split("-")[1]) <= 0.5  # the metric in the file name
+    assert trainer.checkpoint_callback is smallest
+    trainer.validate(module, val, ckpt_path="best", verbose=False)  # written after the surgery: it loads
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(PFAError, match=r"written after 0 of this fit's 1 PFA compression"):
+        trainer.validate(module, val, ckpt_path=at_val_end.best_model_path, verbose=False)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # left as it was
