@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from pfa_lightning.experiments.runner import run, user_error_message
+    from pfa_lightning.experiments.runner import objective_values, run, user_error_message
 
     try:
         results = run(cfg)
@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
             Path(HydraConfig.get().runtime.output_dir, "error.txt").write_text(message + "\n")
             return None
         sys.exit(1)
-    return results["acc_final"]  # the value a Hydra sweeper optimises
+    return objective_values(cfg, results)  # what a Hydra sweeper optimises: acc_final, or `objectives`
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir)
+    check_objectives(cfg)  # before any training
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -275,14 +276,14 @@ def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACall
         figures["accuracy_vs_footprint"] = plot_accuracy_vs_footprint(f, a, labels, title=results["name"])
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=120)
-    _log_to_wandb(loggers, results, figures)
+    _log_to_wandb(loggers, results, figures, out)
     import matplotlib.pyplot as plt
 
     for fig in figures.values():
         plt.close(fig)
 
 
-def _log_to_wandb(loggers: list, results: dict[str, Any], figures: dict[str, Any]) -> None:
+def _log_to_wandb(loggers: list, results: dict[str, Any], figures: dict[str, Any], out: Path) -> None:
     wandb_loggers = [l for l in loggers if isinstance(l, WandbLogger)]
     if not wandb_loggers:
         return
@@ -300,6 +301,18 @@ def _log_to_wandb(loggers: list, results: dict[str, Any], figures: dict[str, Any
                 "acc_full", "acc_after_surgery", "acc_after_recalibration", "acc_final"):
         if results.get(key) is not None:
             run.summary[f"results/{key}"] = results[key]
+    # the deliverables, versioned, with what they are worth as metadata (offline: uploaded by `wandb sync`)
+    metadata = {k: results.get(k) for k in ("name", "params_ratio", "flops_ratio", "acc_full", "acc_final",
+                                              "epochs_full", "epochs_final")}
+    model = wandb.Artifact(f"{run.name or run.id}-model".replace("/", "_"), type="model", metadata=metadata)
+    model.add_file(str(out / "final.ckpt"))
+    run.log_artifact(model)
+    if results["recipe"]:
+        (out / "recipe.json").write_text(json.dumps(results["recipe"], indent=1))
+        recipe_artifact = wandb.Artifact(f"{run.name or run.id}-recipe".replace("/", "_"), type="recipe",
+                                         metadata=metadata)
+        recipe_artifact.add_file(str(out / "recipe.json"))
+        run.log_artifact(recipe_artifact)
 
 
 def _finish_wandb(loggers: list) -> None:
@@ -310,6 +323,28 @@ def _finish_wandb(loggers: list) -> None:
             wandb.finish()
 
 
+
+
+OBJECTIVES = ("acc_final", "acc_full", "params_ratio", "flops_ratio", "params_compressed", "flops_compressed")
+
+
+def check_objectives(cfg: DictConfig) -> list[str] | None:
+    """``objectives``: null, or a non-empty list of results.json keys a sweeper can optimise."""
+    names = cfg.get("objectives")
+    if names is None:
+        return None
+    names = list(names) if OmegaConf.is_list(names) else names
+    if not isinstance(names, list) or not names or any(n not in OBJECTIVES for n in names):
+        raise fail("objectives", f"null or a list of {OBJECTIVES}", names)
+    return names
+
+
+def objective_values(cfg: DictConfig, results: dict[str, Any]) -> float | tuple[float, ...] | None:
+    """What run.py returns to a sweeper: ``acc_final``, or the ``objectives`` in their order."""
+    names = check_objectives(cfg)
+    if names is None:
+        return results["acc_final"]
+    return tuple(float(results[n]) if results[n] is not None else float("nan") for n in names)
 
 
 def resume_from(path: Any) -> str | None:

@@ -118,7 +118,7 @@ def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Completed
 def test_end_to_end_on_digits_with_wandb_offline(tmp_path):
     out = tmp_path / "run"
     proc = _cli(["model=simplecnn", "model.width=0.5", "pfa=kl", "logger=wandb", "train.epochs=2",
-                 "train.finetune_epochs=1", f"hydra.run.dir={out}"], tmp_path)
+                 "train.finetune_epochs=1", f"hydra.run.dir={out}", "logger.wandb.tags=[smoke,digits]"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     for key in ("params_full", "params_compressed", "flops_full", "flops_compressed", "acc_full",
@@ -144,6 +144,12 @@ def test_end_to_end_on_digits_with_wandb_offline(tmp_path):
     assert any("pfa/recipe/_type" in row for row in logged["history"])  # the recipe table
     assert "pfa/spectra/path" in summary and "pfa/accuracy_vs_footprint/path" in summary
     assert logged["config"]["pfa"]["strategy"] == "kl"  # the resolved config
+    assert logged["tags"] == ["smoke", "digits"]
+    artifacts = {a["type"]: a for a in logged["artifacts"]}  # the checkpoint and the recipe, with their worth
+    assert artifacts["model"]["files"] == ["final.ckpt"] and artifacts["recipe"]["files"] == ["recipe.json"]
+    for artifact in (artifacts["model"], artifacts["recipe"]):
+        assert artifact["metadata"]["params_ratio"] == pytest.approx(results["params_ratio"])
+        assert artifact["metadata"]["acc_final"] == pytest.approx(results["acc_final"])
 
 
 def test_two_job_multirun_writes_summary_and_plot(tmp_path):
@@ -234,3 +240,22 @@ def test_a_run_killed_during_fine_tuning_resumes_from_last_ckpt_without_a_second
     rows = list(csv.DictReader(next((resumed / "csv").rglob("metrics.csv")).open()))
     trained = sorted({int(r["epoch"]) for r in rows if r.get("val/acc")})
     assert trained == [2, 3]  # only the unfinished epoch redone, then the last one
+
+
+def test_optuna_multi_objective_sweep_runs_four_trials_on_digits(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    proc = _cli(["-m", "hparams_search=energy_nsga2", "hydra.sweeper.n_trials=4",
+                 "hydra.sweeper.sampler.population_size=2", "model=simplecnn", "model.width=0.25", "train.epochs=1",
+                 "train.finetune_epochs=1", "train.batch_limit=2", "pfa.max_samples=64", "dataset.batch_size=16",
+                 "trainer.enable_progress_bar=false", "logger=none", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert len(jobs) == 4
+    thresholds = {job["settings"]["pfa_threshold"] for job in jobs}
+    assert len(thresholds) > 1  # the sampler chose different thresholds
+    front = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert front["name"] == "optuna" and front["solutions"]  # the Pareto front: accuracy and parameter ratio
+    assert all(len(s["values"]) == 2 for s in front["solutions"])

@@ -42,14 +42,15 @@ def _records(path: Path) -> list[bytes]:
 
 
 def read_offline_run(run_dir: Path) -> dict[str, Any]:
-    """``{"history": [row, ...], "summary": {...}, "config": {...}}`` of an offline run directory."""
+    """``{"history": [row, ...], "summary": {...}, "config": {...}, "artifacts": [...], "tags": [...]}`` of an
+    offline run directory."""
     from wandb.proto import wandb_internal_pb2
 
     def key(item: Any) -> str:
         return item.key or "/".join(item.nested_key)
 
     (path,) = Path(run_dir).glob("run-*.wandb")
-    out: dict[str, Any] = {"history": [], "summary": {}, "config": {}}
+    out: dict[str, Any] = {"history": [], "summary": {}, "config": {}, "artifacts": [], "tags": []}
     for data in _records(path):
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(data)
@@ -60,4 +61,10 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
             out["summary"].update({key(i): json.loads(i.value_json) for i in rec.summary.update})
         elif kind == "config":
             out["config"].update({key(i): json.loads(i.value_json) for i in rec.config.update})
+        elif kind == "artifact":
+            art = rec.artifact
+            out["artifacts"].append({"name": art.name, "type": art.type, "metadata": json.loads(art.metadata or "{}"),
+                                     "files": [entry.path for entry in art.manifest.contents]})
+        elif kind == "run":
+            out["tags"] = list(rec.run.tags)
     return out
