@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
         print(f"Error: {message}", file=sys.stderr)
         if HydraConfig.get().mode.name == "MULTIRUN":  # let the other jobs run; the sweep exits 1 at its end
             Path(HydraConfig.get().runtime.output_dir, "error.txt").write_text(message + "\n")
-            return None
+            return objective_values(cfg, None)  # NaN objectives: a sweeper records a failed trial and goes on
         sys.exit(1)
     return objective_values(cfg, results)  # what a Hydra sweeper optimises: acc_final, or `objectives`
 

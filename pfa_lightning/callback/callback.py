@@ -24,8 +24,9 @@ from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, 
                                                input_spec, restore_architecture)
 from pfa_lightning.callback.data import Converted, peek, shard, single_loader, without_augmentation
 from pfa_lightning.callback.distill import DISTILL_NEEDS_AUTOMATIC, Distillation, Teacher
-from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, raise_together,
-                                                recalibrate_on_every_rank, rewrap_ddp, sync_buffers)
+from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, recalibrate_on_every_rank,
+                                                rewrap_ddp, sync_buffers, together)
+from pfa_lightning.callback.monitors import restart_monitors
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
 from pfa_lightning.callback.report import compression_metrics, log_to_loggers, monitored_metrics, print_compression
 from pfa_lightning.errors import PFAError
@@ -256,14 +257,14 @@ class PFACallback(Callback):
             return False
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:  # what a checkpoint written at validation end holds (before a surgery)
-            pl_module.log_dict(monitored_metrics(self.history), logger=False)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # what a checkpoint saved now holds
+            pl_module.log_dict(monitored_metrics(self.history), logger=False, sync_dist=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch in self.compress_at and epoch not in self.done_epochs:
             self.compress(trainer, pl_module, epoch)
-        pl_module.log_dict(monitored_metrics(self.history), logger=False)  # after it: checkpoints run last
+        pl_module.log_dict(monitored_metrics(self.history), logger=False, sync_dist=True)  # checkpoints run last
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release_teacher()
@@ -317,6 +318,7 @@ class PFACallback(Callback):
         })
         metrics = compression_metrics(self.history[-1], recipe, len(self.history))
         log_to_loggers(trainer, metrics)
+        restart_monitors(trainer, self.verbose)  # best checkpoints / early stopping: scores of the cut network only
         if self.verbose and trainer.is_global_zero:
             print_compression(self.history[-1], recipe, len(self.history), metrics)
         return recipe
@@ -342,23 +344,24 @@ class PFACallback(Callback):
         """Statistics summed over ranks, then the same recipe on every rank (verified)."""
         data, limit = self._analysis_data(trainer)
         batches = Converted(data, trainer.precision_plugin.convert_input)
-        failure: BaseException | None = None
-        try:
+
+        def analyse() -> ResponseStats:
             with trainer.precision_plugin.forward_context():
-                stats = collect_responses(
+                return collect_responses(
                     pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
                     exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
-                    description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate,
-                )
-        except Exception as err:  # noqa: BLE001 - whatever failed here, every rank must learn of it
-            failure = err
-        raise_together(trainer, failure)
+                    description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate)
+
+        def decide() -> Recipe:
+            self.on_statistics(trainer, pl_module, stats)
+            return make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
+                               min_units=self.min_units, coupled=self.coupled, round_to=self.round_to)
+
+        stats = together(trainer, analyse)  # a failure on one rank reaches all: none waits in a collective
         all_reduce(trainer, stats.tensors())
         if self.verbose:
             rank_zero_info(f"PFA analysed {stats.num_samples} samples of {self.analysis_data}.")
-        self.on_statistics(trainer, pl_module, stats)
-        recipe = make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
-                             min_units=self.min_units, coupled=self.coupled, round_to=self.round_to)
+        recipe = together(trainer, decide)
         check_same_decision(trainer, recipe)
         return recipe, stats
 
@@ -424,7 +427,8 @@ class PFACallback(Callback):
         """(Accuracy over every rank's share of the evaluation data, or None if not classification; the data's name)."""
         data, limit, name = self.evaluation_data(trainer)
         with trainer.precision_plugin.forward_context():
-            correct, total = self.count_correct(pl_module, Converted(data, trainer.precision_plugin.convert_input), limit)
+            correct, total = together(trainer, lambda: self.count_correct(
+                pl_module, Converted(data, trainer.precision_plugin.convert_input), limit))
         counts = torch.tensor([correct, total], dtype=torch.float64, device=model_device(pl_module))
         all_reduce(trainer, [counts])
         return (float(counts[0] / counts[1]) if counts[1] > 0 else None), name

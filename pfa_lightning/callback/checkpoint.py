@@ -4,6 +4,8 @@ architecture from a checkpoint, and :func:`load_compressed`."""
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -88,38 +90,53 @@ def restore_architecture(module: nn.Module, checkpoint: dict[str, Any]) -> dict[
 
 
 def check_not_behind(checkpoint: dict[str, Any], module: nn.Module, history: list[dict[str, Any]]) -> None:
-    """Refuse a checkpoint with fewer compressions than ``module`` has had in this fit (``history``; e.g. a
-    ``ModelCheckpoint`` written at validation end, before that epoch's surgery): its weights belong to a
-    wider network, and the module cannot grow back in place."""
+    """Refuse a checkpoint written before some of the compressions ``module`` has had in this fit
+    (``history``), whose weights do not fit it: they belong to a wider network, and the module was cut in
+    place and cannot grow back."""
     try:  # compressed in place by this fit (not a fresh module resuming)?
         compressions = len(history) if history and already_applied(module, Recipe.from_dict(history[-1]["recipe"])) else 0
     except PFAError:
         compressions = 0
     saved = len((checkpoint.get(CHECKPOINT_KEY) or {}).get("history") or [])
-    if saved < compressions:
-        raise PFAError(
-            f"This checkpoint was written after {saved} of this fit's {compressions} PFA compression(s) (e.g. by a "
-            "ModelCheckpoint at validation end, before that epoch's surgery): it holds a wider network than the "
-            "module, which was compressed in place. Load it into a fresh module with load_compressed(YourModule, "
-            "path), or keep checkpoints written after the surgery (ModelCheckpoint(save_on_train_epoch_end=True), "
-            "or monitor 'pfa/params_ratio')."
-        )
+    if saved >= compressions:
+        return
+    current = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    stored = checkpoint.get("state_dict") or {}
+    if all(current.get(k) == tuple(v.shape) for k, v in stored.items() if hasattr(v, "shape")):
+        return  # it fits anyway (e.g. a compression that kept every unit)
+    raise PFAError(
+        f"This checkpoint was written before {compressions - saved} of this fit's {compressions} PFA compression(s) "
+        "(at an earlier epoch, or by a ModelCheckpoint at validation end of a compression epoch): it holds a wider "
+        "network than the module, which was cut in place. Load it into a fresh module with "
+        "load_compressed(YourModule, path); monitoring checkpoints start over after each compression, so "
+        "ckpt_path='best' names one written after it."
+    )
 
 
-def check_checkpoint_file(path: Any, name: str = "checkpoint_path") -> str:
-    """``path`` if it is a readable Lightning checkpoint; else one PFAError naming the setting ``name`` and
-    what the file holds (Lightning's own failure on a truncated or foreign file is a long traceback)."""
+def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: bool = False) -> str:
+    """``path`` if it is a readable Lightning checkpoint (with a ``state_dict``; to ``resume`` a fit, also its
+    ``epoch`` and ``global_step``); else one PFAError naming the setting ``name`` and what the file holds
+    (Lightning's own failure on a truncated or foreign file is a long traceback). Read with
+    ``weights_only=True``: a file that needs more is left to Lightning's own loading, unjudged."""
     file = Path(str(path))
     if not file.is_file():
         raise PFAError(f"`{name}` {str(file)!r} is not a file (a Lightning checkpoint, e.g. a run's checkpoints/last.ckpt).")
-    try:  # memory-mapped: reading the keys does not load the tensors
-        checkpoint = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+    try:  # memory-mapped where the format allows it: reading the keys does not load the tensors
+        checkpoint = torch.load(file, map_location="cpu", mmap=zipfile.is_zipfile(file), weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            return str(file)  # readable, but holds objects weights_only refuses: Lightning decides
+        checkpoint, error = None, err
     except Exception as err:  # noqa: BLE001 - any failure to read it is the same user error
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        checkpoint, error = None, err
+    else:
+        error = None
+    if error is not None:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise PFAError(f"`{name}` {str(file)!r} cannot be read as a PyTorch checkpoint (truncated or not a "
                        f"checkpoint: {reason}).") from None
     keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else []
-    if not {"state_dict", "epoch", "global_step"} <= set(keys):
+    if not ({"state_dict", "epoch", "global_step"} if resume else {"state_dict"}) <= set(keys):
         what = f"a dict with keys {keys[:8]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         raise PFAError(f"`{name}` {str(file)!r} is not a Lightning checkpoint (it holds {what}).")
     return str(file)

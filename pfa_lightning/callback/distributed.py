@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -17,6 +17,9 @@ from pfa_lightning.callback.namespace import lightning_of
 from pfa_lightning.errors import PFAError
 from pfa_lightning.recalibration import batchnorm_layers, recalibrate_batchnorm
 from pfa_lightning.recipe import Recipe
+
+
+T = TypeVar("T")
 
 
 def distributed(trainer: pl.Trainer) -> bool:
@@ -102,6 +105,18 @@ def raise_together(trainer: pl.Trainer, error: BaseException | None) -> None:
         raise PFAError(f"PFA's analysis failed on rank {rank} of {trainer.world_size}: {message}") from error
 
 
+def together(trainer: pl.Trainer, work: Callable[[], T]) -> T:
+    """``work()`` on every rank; if it raises on any rank, every rank raises the same PFAError."""
+    failure: BaseException | None = None
+    result = None
+    try:
+        result = work()
+    except Exception as err:  # noqa: BLE001 - whatever failed, every rank must learn of it
+        failure = err
+    raise_together(trainer, failure)
+    return result  # type: ignore[return-value]
+
+
 def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
     """Rebuild the DDP wrapper, which holds the replaced parameters."""
     strategy = trainer.strategy
@@ -110,6 +125,6 @@ def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
         strategy.configure_ddp()
 
 
-__all__ = ["all_reduce", "check_same_decision", "decision_digest", "distributed", "raise_together", "recalibrate_on_every_rank",
+__all__ = ["together", "all_reduce", "check_same_decision", "decision_digest", "distributed", "raise_together", "recalibrate_on_every_rank",
            "rewrap_ddp",
            "sync_buffers"]

@@ -33,14 +33,16 @@ def log_to_loggers(trainer: Any, metrics: dict[str, float]) -> None:
 
 def monitored_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     """What a ``ModelCheckpoint``/``EarlyStopping`` can monitor (or put in a file name), logged every epoch
-    through ``LightningModule.log``: the network's size now relative to the full one, and the number of
-    compressions so far (1.0, 1.0 and 0 before the first)."""
+    through ``LightningModule.log``: the network's size now relative to the full one, the number of
+    compressions so far (1.0, 1.0 and 0 before the first), and the last compression's accuracies."""
     if not history:
         return {"pfa/params_ratio": 1.0, "pfa/flops_ratio": 1.0, "pfa/compressions": 0.0}
     first, last = history[0], history[-1]
+    accuracies = {f"pfa/acc_{when}": float(last[f"acc_{when}"]) for when in ACCURACIES
+                  if last.get(f"acc_{when}") is not None}  # of the last compression, from the first one on
     return {"pfa/params_ratio": last["params_after"] / first["params_before"],
             "pfa/flops_ratio": last["flops_after"] / first["flops_before"],
-            "pfa/compressions": float(len(history))}
+            "pfa/compressions": float(len(history)), **accuracies}
 
 
 def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics: dict[str, float]) -> None:

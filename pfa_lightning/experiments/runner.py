@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,18 +72,25 @@ class LastCheckpoint(Checkpoint):
 
     def __init__(self, dirpath: Path) -> None:
         self.path = Path(dirpath) / "last.ckpt"
+        self.best_model_path, self.last_model_path = "", ""  # what Lightning asks a trainer's checkpoint callback
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
+        # as ModelCheckpoint does: every rank reduces the epoch's synced metrics now, in the same order (rank 0's
+        # progress bar has just started that; a rank going straight to the barrier below would deadlock it)
+        _ = trainer.callback_metrics
         partial = self.path.with_name(self.path.name + ".partial")
         trainer.save_checkpoint(partial)  # every rank calls it; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)
-        trainer.strategy.barrier("pfa_last_checkpoint")
+        try:
+            if trainer.is_global_zero:
+                os.replace(partial, self.path)
+                self.last_model_path = str(self.path)
+        finally:
+            trainer.strategy.barrier("pfa_last_checkpoint")
 
 
-def _extra_callbacks(cfg: DictConfig, pfa_cb: PFACallback | None) -> list[Any]:
+def _extra_callbacks(cfg: DictConfig) -> list[Any]:
     """The `callbacks` group's Lightning callbacks (one `_target_` entry each, as in lightning-hydra-template)."""
     from hydra.utils import instantiate
 
@@ -91,9 +99,9 @@ def _extra_callbacks(cfg: DictConfig, pfa_cb: PFACallback | None) -> list[Any]:
         if not isinstance(spec, DictConfig) or "_target_" not in spec:
             raise fail(f"callbacks.{name}", "a callback config with a `_target_`", spec)
         callback = instantiate(spec, _convert_="all")
-        if isinstance(callback, PFACallback) and pfa_cb is not None:
-            raise PFAError(f"`callbacks.{name}` builds a PFACallback and so does the `pfa` group: run.py takes one; "
-                           "use pfa=none with it, or drop it.")
+        if isinstance(callback, PFACallback):
+            raise PFAError(f"`callbacks.{name}` builds a PFACallback, but run.py builds its own from the `pfa` group "
+                           "(conf/callbacks/pfa.yaml is for other Hydra projects): drop it and set `pfa.*` instead.")
         built.append(callback)
     return built
 
@@ -170,10 +178,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     checkpoint = LastCheckpoint(out / "checkpoints")
     loggers = _loggers(cfg, out)
     epochs = int(cfg.train.epochs) + int(cfg.train.finetune_epochs)
-    extra = _extra_callbacks(cfg, pfa_cb)
+    extra = _extra_callbacks(cfg)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, max_epochs=cfg.trainer.get("max_epochs") or epochs, default_root_dir=str(out),
-        callbacks=[c for c in (pfa_cb, checkpoint, *extra) if c is not None], logger=loggers or False,
+        # the user's checkpoint callbacks first: the first one is trainer.checkpoint_callback ("best")
+        callbacks=[c for c in (pfa_cb, *extra, checkpoint) if c is not None], logger=loggers or False,
         reload_dataloaders_every_n_epochs=1 if getattr(datamodule, "specialize_classes", None) else 0,
     )
     for logger in loggers:
@@ -304,13 +313,13 @@ def _log_to_wandb(loggers: list, results: dict[str, Any], figures: dict[str, Any
     # the deliverables, versioned, with what they are worth as metadata (offline: uploaded by `wandb sync`)
     metadata = {k: results.get(k) for k in ("name", "params_ratio", "flops_ratio", "acc_full", "acc_final",
                                               "epochs_full", "epochs_final")}
-    model = wandb.Artifact(f"{run.name or run.id}-model".replace("/", "_"), type="model", metadata=metadata)
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", str(run.name or run.id))[:100]  # W&B allows these characters only
+    model = wandb.Artifact(f"{base}-model", type="model", metadata=metadata)
     model.add_file(str(out / "final.ckpt"))
     run.log_artifact(model)
     if results["recipe"]:
         (out / "recipe.json").write_text(json.dumps(results["recipe"], indent=1))
-        recipe_artifact = wandb.Artifact(f"{run.name or run.id}-recipe".replace("/", "_"), type="recipe",
-                                         metadata=metadata)
+        recipe_artifact = wandb.Artifact(f"{base}-recipe", type="recipe", metadata=metadata)
         recipe_artifact.add_file(str(out / "recipe.json"))
         run.log_artifact(recipe_artifact)
 
@@ -339,18 +348,25 @@ def check_objectives(cfg: DictConfig) -> list[str] | None:
     return names
 
 
-def objective_values(cfg: DictConfig, results: dict[str, Any]) -> float | tuple[float, ...] | None:
-    """What run.py returns to a sweeper: ``acc_final``, or the ``objectives`` in their order."""
-    names = check_objectives(cfg)
+def objective_values(cfg: DictConfig, results: dict[str, Any] | None) -> float | tuple[float, ...] | None:
+    """What run.py returns to a sweeper: ``acc_final``, or the ``objectives`` in their order (one: a number);
+    for a failed job (``results`` None): None, or NaN per objective (Optuna records a failed trial)."""
+    try:
+        names = check_objectives(cfg)
+    except PFAError:
+        names = None
     if names is None:
-        return results["acc_final"]
-    return tuple(float(results[n]) if results[n] is not None else float("nan") for n in names)
+        return None if results is None else results["acc_final"]
+    values = tuple(float("nan") if results is None or results[n] is None else float(results[n]) for n in names)
+    return values[0] if len(values) == 1 else values
 
 
 def resume_from(path: Any) -> str | None:
     """``train.ckpt_path``, checked: a readable Lightning checkpoint, else one clear PFAError (a truncated
     or foreign file used to give Lightning's 44-line traceback)."""
-    return None if path is None else check_checkpoint_file(path, "train.ckpt_path")
+    if path is None or "://" in str(path) or str(path) in ("last", "best", "hpc", "registry"):
+        return path  # Lightning's own names and remote files: Lightning reads them
+    return check_checkpoint_file(path, "train.ckpt_path", resume=True)
 
 
 def user_error_message(err: BaseException) -> str | None:

@@ -416,19 +416,40 @@ def test_compression_metrics_can_be_monitored_and_a_best_checkpoint_from_before_
     torch.manual_seed(0)
     module = ResidualNet()
     pfa = PFACallback(compress_at=[1], strategy="footprint", ratio=0.5, metric="params", verbose=False)
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val_acc", mode="max", save_top_k=1)
     smallest = ModelCheckpoint(dirpath=tmp_path / "small", monitor="pfa/params_ratio", mode="min", save_top_k=1,
-                               filename="{epoch}-{pfa/params_ratio:.2f}", auto_insert_metric_name=False,
-                               save_on_train_epoch_end=True)
-    at_val_end = ModelCheckpoint(dirpath=tmp_path / "val", monitor="pfa/compressions", mode="min", save_top_k=1,
-                                 save_on_train_epoch_end=False)  # the best is the one before the surgery
-    trainer = quiet_trainer(max_epochs=2, callbacks=[pfa, smallest, at_val_end], enable_checkpointing=True)
+                               filename="{epoch}-{pfa/params_ratio:.2f}", auto_insert_metric_name=False)
+    every_val_end = ModelCheckpoint(dirpath=tmp_path / "val", filename="{epoch}", save_top_k=-1,
+                                    save_on_train_epoch_end=False, monitor="pfa/compressions")
+    trainer = quiet_trainer(max_epochs=3, callbacks=[pfa, best, smallest, every_val_end], enable_checkpointing=True)
     train, val = loaders()
     trainer.fit(module, train, val)
     assert trainer.callback_metrics["pfa/params_ratio"] <= 0.5 and trainer.callback_metrics["pfa/compressions"] == 1
+    assert "pfa/acc_after" in trainer.callback_metrics  # the compression's accuracies, monitorable too
     assert float(Path(smallest.best_model_path).stem.split("-")[1]) <= 0.5  # the metric in the file name
-    assert trainer.checkpoint_callback is smallest
-    trainer.validate(module, val, ckpt_path="best", verbose=False)  # written after the surgery: it loads
+    # best val_acc restarted with the cut network: never the full network, nor the just-cut one under its score
+    assert trainer.checkpoint_callback is best and len(history_of(best.best_model_path)) == 1
+    assert not Path(best.best_model_path).name.startswith("epoch=0")
+    trainer.validate(module, val, ckpt_path="best", verbose=False)  # loads
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    with pytest.raises(PFAError, match=r"written after 0 of this fit's 1 PFA compression"):
-        trainer.validate(module, val, ckpt_path=at_val_end.best_model_path, verbose=False)
+    with pytest.raises(PFAError, match=r"written before 1 of this fit's 1 PFA compression"):
+        trainer.validate(module, val, ckpt_path=tmp_path / "val" / "epoch=0.ckpt", verbose=False)
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # left as it was
+    assert load_compressed(ResidualNet, tmp_path / "val" / "epoch=0.ckpt").state_dict().keys() == before.keys()
+
+
+def test_after_a_surgery_checkpoint_and_early_stopping_scores_start_over():
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from pfa_lightning.callback.monitors import restart_monitors
+
+    checkpoint, stopping = ModelCheckpoint(monitor="val_acc", mode="max"), EarlyStopping(monitor="val_acc", mode="max")
+    trainer = Trainer(callbacks=[checkpoint, stopping], logger=False, enable_progress_bar=False)
+    checkpoint.best_model_path, checkpoint.best_model_score = "full.ckpt", torch.tensor(0.9)
+    checkpoint.best_k_models = {"full.ckpt": torch.tensor(0.9)}
+    stopping.wait_count, stopping.best_score = 3, torch.tensor(0.9)
+    assert sorted(restart_monitors(trainer, verbose=False)) == ["EarlyStopping(monitor='val_acc')",
+                                                                "ModelCheckpoint(monitor='val_acc')"]
+    assert checkpoint.best_model_path == "" and checkpoint.best_k_models == {} and checkpoint.kth_value == -float("inf")
+    assert stopping.wait_count == 0 and stopping.best_score == -float("inf")

@@ -104,8 +104,8 @@ def test_the_callbacks_group_adds_lightning_callbacks_and_refuses_a_second_pfa_c
                       return_hydra_config=True)
     cfg.hydra.runtime.output_dir = "/tmp/pfa-test"  # what a Hydra run sets
     HydraConfig.instance().set_config(cfg)
-    built = _extra_callbacks(cfg, pfa_cb=None)
+    built = _extra_callbacks(cfg)
     assert [type(c) for c in built] == [ModelCheckpoint, LearningRateMonitor, EarlyStopping]
     assert built[0].monitor == "val/acc" and built[2].monitor == "val/acc"
-    with pytest.raises(PFAError, match="`callbacks.pfa` builds a PFACallback and so does the `pfa` group"):
-        _extra_callbacks(composed("callbacks=pfa"), pfa_cb=object())
+    with pytest.raises(PFAError, match="`callbacks.pfa` builds a PFACallback, but run.py builds its own"):
+        _extra_callbacks(composed("callbacks=pfa"))

@@ -66,3 +66,23 @@ def test_a_truncated_or_foreign_resume_checkpoint_is_one_clear_error(tmp_path):
         with pytest.raises(PFAError, match=match) as info:
             resume_from(path)
         assert "\n" not in str(info.value)
+
+
+def test_run_py_returns_the_objectives_a_sweeper_asked_for():
+    import math
+
+    import pytest
+    from omegaconf import OmegaConf
+
+    from pfa_lightning.experiments.runner import objective_values
+
+    results = {"acc_final": 0.9, "params_ratio": 0.25, "flops_ratio": 0.4}
+    assert objective_values(OmegaConf.create({"objectives": None}), results) == 0.9
+    assert objective_values(OmegaConf.create({"objectives": ["acc_final"]}), results) == 0.9  # one: a number
+    both = OmegaConf.create({"objectives": ["acc_final", "params_ratio"]})
+    assert objective_values(both, results) == (0.9, 0.25)
+    assert all(math.isnan(v) for v in objective_values(both, None))  # a failed trial
+    with pytest.raises(PFAError, match=r"`objectives` must be null or a list of \("):
+        from pfa_lightning.experiments.runner import check_objectives
+
+        check_objectives(OmegaConf.create({"objectives": ["accuracy"]}))
