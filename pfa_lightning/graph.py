@@ -69,6 +69,8 @@ class ChannelSpace:
     # Grouped convolutions (not depthwise) and GroupNorms split the channels into this many equal,
     # consecutive groups; a legal cut removes the same positions from every group.
     groups: int = 1
+    # the channels pass through a reshape -> permute -> reshape run (see reshapes.py): left whole
+    fenced: bool = False
 
     @property
     def coupled(self) -> bool:
@@ -176,7 +178,6 @@ class ModelGraph:
             raise PFAError(_untraceable(model, self._names, err)) from err
         finally:
             state.restore_training_flags()
-        self._fenced: list[str] = []
         self._used = False
 
     @cached_property
@@ -188,12 +189,10 @@ class ModelGraph:
     def fenced(self) -> list[str]:
         """Layers left whole because their channels pass through a reshape -> permute -> reshape run
         (see :mod:`pfa_lightning.reshapes`)."""
-        _ = self.spaces  # found with the spaces
-        return self._fenced
+        return [p for space in self.spaces if space.fenced for p in space.producers]
 
     # -- discovery ---------------------------------------------------------------------------
     def _find_spaces(self) -> list[ChannelSpace]:
-        self._fenced = []
         spaces: list[ChannelSpace] = []
         seen: set[nn.Module] = set()
         order = {m: i for i, m in enumerate(self.model.modules())}
@@ -234,9 +233,7 @@ class ModelGraph:
             names = [self._names[m] for m in producers]
             root = self._names[layer]
             names.remove(root)
-            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups))
-            if fenced:
-                self._fenced.extend([root, *names])
+            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups, fenced))
         return spaces
 
     def spaces_of(self, layer_name: str) -> list[ChannelSpace]:

@@ -117,22 +117,18 @@ def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: b
     """``path`` if it is a readable Lightning checkpoint (with a ``state_dict``; to ``resume`` a fit, also its
     ``epoch`` and ``global_step``); else one PFAError naming the setting ``name`` and what the file holds
     (Lightning's own failure on a truncated or foreign file is a long traceback). Read with
-    ``weights_only=True``: a file that needs more is left to Lightning's own loading, unjudged."""
+    ``weights_only=True``: a file that needs more, and a remote one (``s3://...``), are left to Lightning."""
+    if "://" in str(path):
+        return str(path)
     file = Path(str(path))
     if not file.is_file():
         raise PFAError(f"`{name}` {str(file)!r} is not a file (a Lightning checkpoint, e.g. a run's checkpoints/last.ckpt).")
     try:  # memory-mapped where the format allows it: reading the keys does not load the tensors
         checkpoint = torch.load(file, map_location="cpu", mmap=zipfile.is_zipfile(file), weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Weights only" in str(err):
-            return str(file)  # readable, but holds objects weights_only refuses: Lightning decides
-        checkpoint, error = None, err
     except Exception as err:  # noqa: BLE001 - any failure to read it is the same user error
-        checkpoint, error = None, err
-    else:
-        error = None
-    if error is not None:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if isinstance(err, pickle.UnpicklingError) and ("weights_only" in str(err) or "Weights only" in str(err)):
+            return str(file)  # readable, but holds objects weights_only refuses: Lightning decides
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise PFAError(f"`{name}` {str(file)!r} cannot be read as a PyTorch checkpoint (truncated or not a "
                        f"checkpoint: {reason}).") from None
     keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else []
@@ -161,7 +157,7 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
         raise PFAError("`module_class` must be a LightningModule subclass (of pytorch_lightning or lightning.pytorch), "
                        f"got {module_class!r}.")
 
-    if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):  # a local file
+    if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
         check_checkpoint_file(checkpoint_path)
 
     def on_load_checkpoint(self: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -178,5 +174,5 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     return model.eval()
 
 
-__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "check_checkpoint_file", "check_not_behind", "input_spec", "inputs_from_spec", "load_compressed",
-           "restore_architecture"]
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "check_checkpoint_file", "check_not_behind",
+           "input_spec", "inputs_from_spec", "load_compressed", "restore_architecture"]

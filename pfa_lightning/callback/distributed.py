@@ -89,31 +89,26 @@ def check_same_decision(trainer: pl.Trainer, recipe: Recipe) -> None:
         )
 
 
-def raise_together(trainer: pl.Trainer, error: BaseException | None) -> None:
-    """Every rank raises the same PFAError when any rank failed (else they return): a rank-local failure
-    before a collective would otherwise leave the other ranks waiting until the backend times out."""
+def together(trainer: pl.Trainer, work: Callable[[], T]) -> T:
+    """``work()`` on every rank; if it raises on any rank, every rank raises the same PFAError naming that
+    rank (a rank-local failure before a collective would leave the others waiting until the backend times out)."""
+    try:
+        result, failure = work(), None
+    except Exception as err:  # noqa: BLE001 - whatever failed, every rank must learn of it
+        result, failure = None, err
     if not distributed(trainer):
-        if error is not None:
-            raise error
-        return
+        if failure is not None:
+            raise failure
+        return result  # type: ignore[return-value]
     messages: list = [None] * trainer.world_size
-    own = None if error is None else (str(error) if isinstance(error, PFAError) else f"{type(error).__name__}: {error}")
+    own = None
+    if failure is not None:
+        own = str(failure) if isinstance(failure, PFAError) else f"{type(failure).__name__}: {failure}"
     dist.all_gather_object(messages, own)
     failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
     if failed:
         rank, message = failed[0]
-        raise PFAError(f"PFA's analysis failed on rank {rank} of {trainer.world_size}: {message}") from error
-
-
-def together(trainer: pl.Trainer, work: Callable[[], T]) -> T:
-    """``work()`` on every rank; if it raises on any rank, every rank raises the same PFAError."""
-    failure: BaseException | None = None
-    result = None
-    try:
-        result = work()
-    except Exception as err:  # noqa: BLE001 - whatever failed, every rank must learn of it
-        failure = err
-    raise_together(trainer, failure)
+        raise PFAError(f"PFA's analysis failed on rank {rank} of {trainer.world_size}: {message}") from failure
     return result  # type: ignore[return-value]
 
 
@@ -125,6 +120,5 @@ def rewrap_ddp(trainer: pl.Trainer, module: pl.LightningModule) -> None:
         strategy.configure_ddp()
 
 
-__all__ = ["together", "all_reduce", "check_same_decision", "decision_digest", "distributed", "raise_together", "recalibrate_on_every_rank",
-           "rewrap_ddp",
-           "sync_buffers"]
+__all__ = ["all_reduce", "check_same_decision", "decision_digest", "distributed", "recalibrate_on_every_rank",
+           "rewrap_ddp", "sync_buffers", "together"]

@@ -92,13 +92,19 @@ class LastCheckpoint(Checkpoint):
 
 def _extra_callbacks(cfg: DictConfig) -> list[Any]:
     """The `callbacks` group's Lightning callbacks (one `_target_` entry each, as in lightning-hydra-template)."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     built = []
     for name, spec in (cfg.get("callbacks") or {}).items():
         if not isinstance(spec, DictConfig) or "_target_" not in spec:
             raise fail(f"callbacks.{name}", "a callback config with a `_target_`", spec)
-        callback = instantiate(spec, _convert_="all")
+        try:
+            callback = instantiate(spec, _convert_="all")
+        except InstantiationException as err:
+            if isinstance(err.__cause__, PFAError):
+                raise err.__cause__ from None
+            raise PFAError(f"`callbacks.{name}` could not be built: {str(err).splitlines()[0]}") from None
         if isinstance(callback, PFACallback):
             raise PFAError(f"`callbacks.{name}` builds a PFACallback, but run.py builds its own from the `pfa` group "
                            "(conf/callbacks/pfa.yaml is for other Hydra projects): drop it and set `pfa.*` instead.")
@@ -178,11 +184,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     checkpoint = LastCheckpoint(out / "checkpoints")
     loggers = _loggers(cfg, out)
     epochs = int(cfg.train.epochs) + int(cfg.train.finetune_epochs)
-    extra = _extra_callbacks(cfg)
+    extra_callbacks = _extra_callbacks(cfg)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, max_epochs=cfg.trainer.get("max_epochs") or epochs, default_root_dir=str(out),
         # the user's checkpoint callbacks first: the first one is trainer.checkpoint_callback ("best")
-        callbacks=[c for c in (pfa_cb, *extra, checkpoint) if c is not None], logger=loggers or False,
+        callbacks=[c for c in (pfa_cb, *extra_callbacks, checkpoint) if c is not None], logger=loggers or False,
         reload_dataloaders_every_n_epochs=1 if getattr(datamodule, "specialize_classes", None) else 0,
     )
     for logger in loggers:
@@ -265,6 +271,8 @@ def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACall
     from pfa_lightning.experiments.plots import plot_accuracy_vs_footprint, plot_spectra
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    if results["recipe"]:  # the last recipe alone: Recipe.from_dict(json.load(...)) reads it
+        (out / "recipe.json").write_text(json.dumps(results["recipe"], indent=1))
     figures = {}
     if results["recipes"]:
         console = Console(record=True, width=140, file=io.StringIO())  # record only, the callback printed it
@@ -318,7 +326,6 @@ def _log_to_wandb(loggers: list, results: dict[str, Any], figures: dict[str, Any
     model.add_file(str(out / "final.ckpt"))
     run.log_artifact(model)
     if results["recipe"]:
-        (out / "recipe.json").write_text(json.dumps(results["recipe"], indent=1))
         recipe_artifact = wandb.Artifact(f"{base}-recipe", type="recipe", metadata=metadata)
         recipe_artifact.add_file(str(out / "recipe.json"))
         run.log_artifact(recipe_artifact)
@@ -364,8 +371,8 @@ def objective_values(cfg: DictConfig, results: dict[str, Any] | None) -> float |
 def resume_from(path: Any) -> str | None:
     """``train.ckpt_path``, checked: a readable Lightning checkpoint, else one clear PFAError (a truncated
     or foreign file used to give Lightning's 44-line traceback)."""
-    if path is None or "://" in str(path) or str(path) in ("last", "best", "hpc", "registry"):
-        return path  # Lightning's own names and remote files: Lightning reads them
+    if path is None or str(path) in ("last", "best", "hpc", "registry"):
+        return path  # Lightning's own names: Lightning finds them
     return check_checkpoint_file(path, "train.ckpt_path", resume=True)
 
 

@@ -109,3 +109,11 @@ def test_the_callbacks_group_adds_lightning_callbacks_and_refuses_a_second_pfa_c
     assert built[0].monitor == "val/acc" and built[2].monitor == "val/acc"
     with pytest.raises(PFAError, match="`callbacks.pfa` builds a PFACallback, but run.py builds its own"):
         _extra_callbacks(composed("callbacks=pfa"))
+
+
+def test_a_callback_that_cannot_be_built_is_one_clear_error():
+    from pfa_lightning import PFAError
+    from pfa_lightning.experiments.runner import _extra_callbacks
+
+    with pytest.raises(PFAError, match=r"`callbacks.bad` could not be built: .*nowhere.Nothing"):
+        _extra_callbacks(OmegaConf.create({"callbacks": {"bad": {"_target_": "nowhere.Nothing"}}}))
