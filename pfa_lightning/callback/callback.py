@@ -20,9 +20,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pfa_lightning.callback.checks import check_module, check_trainer
-from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, already_applied, check_not_behind,
-                                               input_spec, restore_architecture)
-from pfa_lightning.callback.data import Converted, peek, shard, single_loader, without_augmentation
+from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, RestoreHook, already_applied,
+                                               check_not_behind, input_spec, restore_architecture)
+from pfa_lightning.callback.data import (Converted, peek, request_fit_data, shard, single_loader,
+                                         without_augmentation)
 from pfa_lightning.callback.distill import DISTILL_NEEDS_AUTOMATIC, Distillation, Teacher
 from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, recalibrate_on_every_rank,
                                                 rewrap_ddp, sync_buffers, together)
@@ -66,7 +67,9 @@ class PFACallback(Callback):
 
     Args:
         strategy: ``"kl"``, ``"energy"``, ``"footprint"`` or a :class:`~pfa_lightning.Strategy`.
-        compress_at: epoch(s) after which to compress (1-based: 1 = after the first epoch).
+        compress_at: epoch(s) after which to compress (1-based: 1 = after the first epoch); 0 compresses
+            at the start of the fit, before any training (a network you already trained; then
+            ``max_epochs`` is the fine-tuning, and 0 epochs just cuts it).
         threshold: energy kept, for ``"energy"``.
         ratio, metric, allocation: footprint target (``ratio`` of ``"params"`` or ``"flops"``) and how
             it is spread over the layers (``"kl"``, ``"energy"``, ``"uniform"``), for ``"footprint"``.
@@ -132,7 +135,8 @@ class PFACallback(Callback):
     ) -> None:
         self.strategy = resolve_strategy(strategy, threshold=threshold, ratio=ratio, metric=metric,
                                          allocation=allocation)
-        self.compress_at = check_epochs("compress_at", compress_at, 1, " (1-based: 1 compresses after the first epoch)")
+        self.compress_at = check_epochs("compress_at", compress_at, 0,
+                                        " (1-based: 1 compresses after the first epoch, 0 before training)")
         self.selection = resolve_selection(selection)
         if dataloader is not None and not isinstance(dataloader, Iterable):
             raise fail("dataloader", "None (the train dataloader) or an iterable of batches", dataloader)
@@ -156,7 +160,7 @@ class PFACallback(Callback):
         self.analysis_data = ""  # what the latest analysis read, in words
         self._analysis: tuple[tuple, tuple[Iterable, int | None]] | None = None
         self._example_spec: Any = None
-        self._restore_hook: tuple[pl.LightningModule, Any] | None = None
+        self._restore_hook: RestoreHook | None = None
 
     @property
     def recipes(self) -> list[Recipe]:
@@ -174,34 +178,19 @@ class PFACallback(Callback):
         self._install_restore_hook(pl_module)
 
     def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
-        """Make the module rebuild the compressed architecture before a checkpoint's weights load.
-
-        Lightning calls ``LightningModule.on_load_checkpoint`` right before loading the state dict,
-        and this callback's own restore hooks only after; so the module instance's hook is wrapped
-        (and unwrapped after one call, or at teardown).
-        """
-        self._remove_restore_hook()
-        original = pl_module.on_load_checkpoint
-        previous = pl_module.__dict__.get("on_load_checkpoint")
-
-        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-            self._remove_restore_hook()
+        """Make the module rebuild the compressed architecture before a checkpoint's weights load (see
+        :class:`RestoreHook`); before that, refuse a checkpoint written before one of this fit's surgeries."""
+        def restore(checkpoint: dict[str, Any]) -> None:
             check_not_behind(checkpoint, pl_module, self.history)  # e.g. test(ckpt_path="best") before a surgery
             self._read_checkpoint(restore_architecture(pl_module, checkpoint))
-            original(checkpoint)
 
-        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
-        self._restore_hook = (pl_module, previous)
+        self._remove_restore_hook()
+        self._restore_hook = RestoreHook(pl_module, restore)
 
     def _remove_restore_hook(self) -> None:
-        if self._restore_hook is None:
-            return
-        module, previous = self._restore_hook
-        self._restore_hook = None
-        if previous is None:
-            del module.on_load_checkpoint
-        else:
-            module.on_load_checkpoint = previous
+        if self._restore_hook is not None:
+            self._restore_hook.remove()
+            self._restore_hook = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_restore_hook()
@@ -228,20 +217,32 @@ class PFACallback(Callback):
         self._example_spec = copy.deepcopy(data.get("example_inputs")) or self._example_spec
 
     # -- training ----------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``compress_at`` 0: analyse and cut now, before the first training epoch (and before the sanity
+        check), so the optimizers and schedulers are built for the cut network; also in a fit of 0 epochs."""
+        if 0 not in self.compress_at or 0 in self.done_epochs or trainer.ckpt_path is not None:
+            return  # (resuming a fit whose checkpoint lacks it: on_train_start says it has passed)
+        request_fit_data(trainer)  # the analysis data (unless given) and the validation data for the accuracies
+        self._preflight(trainer, pl_module)
+        self.compress(trainer, pl_module, 0)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fail now, not at the compression epoch: epochs already past, a module PFA cannot cut."""
-        if self.history and not self._module_is_compressed(pl_module):
-            rank_zero_warn("PFACallback is reused on an uncompressed module: its compression history is cleared.")
-            self.history = []
         pending = [e for e in self.compress_at if e not in self.done_epochs]
         passed = [e for e in pending if e <= trainer.current_epoch]
         if passed:
+            when = "before training" if passed[0] == 0 else f"after epoch {passed[0]}"
             raise PFAError(
                 f"`compress_at` epoch {passed[0]} has already passed (training resumes after epoch "
-                f"{trainer.current_epoch}) and the checkpoint records no compression then."
+                f"{trainer.current_epoch}) and the checkpoint records no compression {when}."
             )
-        if not pending:
-            return
+        if pending:
+            self._preflight(trainer, pl_module)
+
+    def _preflight(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.history and not self._module_is_compressed(pl_module):
+            rank_zero_warn("PFACallback is reused on an uncompressed module: its compression history is cleared.")
+            self.history = []
         if self.distill is not None and not pl_module.automatic_optimization:
             raise PFAError(DISTILL_NEEDS_AUTOMATIC)
         inputs = self._example_inputs(trainer, pl_module)

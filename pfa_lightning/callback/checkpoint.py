@@ -89,6 +89,34 @@ def restore_architecture(module: nn.Module, checkpoint: dict[str, Any]) -> dict[
     return data
 
 
+class RestoreHook:
+    """Runs ``restore(checkpoint)`` (rebuild the compressed architecture) when a checkpoint is loaded into
+    ``module``, right before its weights are. Lightning calls ``LightningModule.on_load_checkpoint`` just
+    before loading the state dict, and callbacks' own restore hooks only after; so the instance's hook is
+    wrapped, and unwrapped after one call or by :meth:`remove`."""
+
+    def __init__(self, module: nn.Module, restore: Any) -> None:
+        self.module, self._previous = module, module.__dict__.get("on_load_checkpoint")
+        original = module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            self.remove()
+            restore(checkpoint)
+            original(checkpoint)
+
+        module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+        self._installed = True
+
+    def remove(self) -> None:
+        if not self._installed:
+            return
+        self._installed = False
+        if self._previous is None:
+            del self.module.on_load_checkpoint
+        else:
+            self.module.on_load_checkpoint = self._previous
+
+
 def check_not_behind(checkpoint: dict[str, Any], module: nn.Module, history: list[dict[str, Any]]) -> None:
     """Refuse a checkpoint written before some of the compressions ``module`` has had in this fit
     (``history``), whose weights do not fit it: they belong to a wider network, and the module was cut in
@@ -174,5 +202,5 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     return model.eval()
 
 
-__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "already_applied", "check_checkpoint_file", "check_not_behind",
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "RestoreHook", "already_applied", "check_checkpoint_file", "check_not_behind",
            "input_spec", "inputs_from_spec", "load_compressed", "restore_architecture"]

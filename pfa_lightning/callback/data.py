@@ -114,6 +114,18 @@ def shard(loader: Iterable, rank: int, world: int, max_samples: int | None,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory), None
 
 
+def request_fit_data(trainer: Any) -> None:
+    """Set up the fit's train and validation dataloaders now, in ``on_fit_start``, as Lightning does itself
+    when ``configure_optimizers`` asks for ``estimated_stepping_batches`` (the fit loop sets them up again
+    only when they are missing or due for a reload)."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    if trainer.val_dataloaders is None:  # as the fit loop does when it starts (its `on_run_start`)
+        trainer.validating = True
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        trainer.training = True
+
+
 def single_loader(loaders: Any, what: str) -> Any:
     if isinstance(loaders, (list, tuple)):
         if len(loaders) != 1:

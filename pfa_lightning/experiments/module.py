@@ -44,7 +44,8 @@ class ImageClassifier(pl.LightningModule):
         restarts: epochs (1-based, as ``PFACallback.compress_at``) after which the cosine schedule
             starts again: each stage decays to zero, so the full network converges before it is
             compressed and each fine-tuning stage gets a whole schedule of its own. The experiments
-            pass the compression epochs; ``None`` or empty: one schedule over the fit.
+            pass the compression epochs; ``None`` or empty: one schedule over the fit. ``0``: the fit
+            starts with a compression (given weights), so its first stage is fine-tuning too.
         restart_lr: the peak learning rate of every stage after the first (fine-tuning); ``None``: ``lr``.
 
     Example:
@@ -62,8 +63,8 @@ class ImageClassifier(pl.LightningModule):
         check_positive("lr", lr)
         if restart_lr is not None:
             check_positive("restart_lr", restart_lr)
-        if restarts is not None and not (is_sequence(restarts) and all(type(e) is int and e >= 1 for e in restarts)):
-            raise fail("restarts", "a list of epochs >= 1 (or null)", restarts)
+        if restarts is not None and not (is_sequence(restarts) and all(type(e) is int and e >= 0 for e in restarts)):
+            raise fail("restarts", "a list of epochs >= 0 (or null)", restarts)
         restarts = sorted(set(restarts or ()))
         self.save_hyperparameters()
         sized = {"input_size": input_size} if arch.startswith("vgg") or arch == "simplecnn" else {}
@@ -130,15 +131,16 @@ class ImageClassifier(pl.LightningModule):
 class StagedCosine:
     """LR factor of step ``t`` (0-based; a step is an epoch or an optimizer step): a cosine from 1
     to 0 over each stage ``[start, end)``, the stages cut at ``restarts`` (steps completed before
-    each restart); after the first stage the factor is scaled by ``restart_scale``. A class, not a
-    closure, so ``LambdaLR`` can save it."""
+    each restart); the stages after a restart are scaled by ``restart_scale`` (all of them when one
+    restart is at 0: the fit starts from a compression). A class, not a closure, so ``LambdaLR`` can save it."""
 
     def __init__(self, restarts: Sequence[int], total: int, restart_scale: float = 1.0) -> None:
         self.bounds = [0, *(e for e in sorted(restarts) if 0 < e < total), max(total, 1)]
         self.restart_scale = restart_scale
+        self.first_scale = restart_scale if 0 in restarts else 1.0
 
     def __call__(self, step: int) -> float:
         stage = min(bisect.bisect_right(self.bounds, step) - 1, len(self.bounds) - 2)  # the last stage runs on
         start, end = self.bounds[stage], self.bounds[stage + 1]
         position = min(step - start, end - start) / (end - start)
-        return (1.0 if stage == 0 else self.restart_scale) * 0.5 * (1 + math.cos(math.pi * position))
+        return (self.first_scale if stage == 0 else self.restart_scale) * 0.5 * (1 + math.cos(math.pi * position))

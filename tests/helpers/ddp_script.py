@@ -4,7 +4,8 @@ Run as ``python tests/helpers/ddp_script.py OUT_DIR [skew]`` (Lightning's DDP la
 command for rank 1, so it must not run under pytest). Writes ``OUT_DIR/rank{r}.pt``. With
 ``skew``, rank 1 replaces its summed statistics by uncorrelated ones, so the ranks decide
 differently and the fit must fail with a clear error. With ``nan``, rank 1 analyses inputs holding
-NaN (its responses are non-finite), and both ranks must fail with that rank's error.
+NaN (its responses are non-finite), and both ranks must fail with that rank's error. With ``start``, the
+compression happens at the start of the fit (``compress_at=0``), after Lightning has wrapped the module.
 """
 
 import os
@@ -27,7 +28,7 @@ class SkewedRank1(PFACallback):
                 layer.outer.copy_(torch.eye(layer.units, dtype=layer.outer.dtype) * layer.count)
 
 
-def main(out_dir: str, skew: bool, nan: bool = False) -> None:
+def main(out_dir: str, skew: bool, nan: bool = False, start: bool = False) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     module = ResidualNet()
@@ -37,7 +38,7 @@ def main(out_dir: str, skew: bool, nan: bool = False) -> None:
         if os.environ.get("LOCAL_RANK") == "1":
             inputs = torch.full_like(inputs, float("nan"))
         extra["dataloader"] = [inputs, inputs.clone()]  # one batch for each rank's shard
-    pfa = (SkewedRank1 if skew else PFACallback)(compress_at=[1], max_samples=64, optimizer_state="transplant",
+    pfa = (SkewedRank1 if skew else PFACallback)(compress_at=[0 if start else 1], max_samples=64, optimizer_state="transplant",
                                                  verbose=False, **extra)
     trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=3, callbacks=[pfa])
     trainer.fit(module, *loaders())
@@ -50,4 +51,5 @@ def main(out_dir: str, skew: bool, nan: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], skew=sys.argv[2:] == ["skew"], nan=sys.argv[2:] == ["nan"])
+    mode = sys.argv[2:]
+    main(sys.argv[1], skew=mode == ["skew"], nan=mode == ["nan"], start=mode == ["start"])
