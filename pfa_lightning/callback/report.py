@@ -49,7 +49,8 @@ def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics
     """The recipe table and a summary line (call on rank zero)."""
     from rich.console import Console
 
-    Console().print(recipe.table(title=f"PFA compression {count} after epoch {entry['epoch']}"))
+    when = f"after epoch {entry['epoch']}" if entry["epoch"] else "before training"
+    Console().print(recipe.table(title=f"PFA compression {count} {when}"))
     accuracy = ""
     if "pfa/acc_before" in metrics and "pfa/acc_after" in metrics:
         recalibrated = entry.get("recalibrated")
@@ -58,7 +59,7 @@ def print_compression(entry: dict[str, Any], recipe: Recipe, count: int, metrics
         accuracy = (f", {entry.get('accuracy_on') or 'validation'} accuracy {metrics['pfa/acc_before']:.4f}{cut} -> "
                     f"{metrics['pfa/acc_after']:.4f}{recalibrated}")
     rank_zero_info(
-        f"PFA after epoch {entry['epoch']}: params {entry['params_before']:,} -> {entry['params_after']:,} "
+        f"PFA {when}: params {entry['params_before']:,} -> {entry['params_after']:,} "
         f"({metrics['pfa/params_ratio']:.1%}), FLOPs {entry['flops_before']:,} -> {entry['flops_after']:,} "
         f"({metrics['pfa/flops_ratio']:.1%}){accuracy}."
     )

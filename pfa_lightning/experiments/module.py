@@ -1,4 +1,5 @@
-"""An image classifier LightningModule for the experiments (any network from ``pfa_lightning.models``).
+"""An image classifier LightningModule for the experiments: a network from ``pfa_lightning.models``, or any
+torchvision or timm model by name, from random or given weights.
 
 Its hyper-parameters are plain values (no partials or modules), so checkpoints load with
 ``torch.load(weights_only=True)`` and ``load_compressed(ImageClassifier, path)`` needs no arguments.
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from pfa_lightning.models import MODEL_NAMES, build
+from pfa_lightning.models.zoo import LIBRARIES, build_library_model, load_weights
 from pfa_lightning.validation import check_choice, check_positive, fail, is_sequence
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -35,8 +37,15 @@ class ImageClassifier(pl.LightningModule):
     """Cross-entropy classification of images with a network built by name.
 
     Args:
-        arch: a name from ``pfa_lightning.models.MODEL_NAMES``.
-        num_classes, in_channels, width: passed to :func:`pfa_lightning.models.build`.
+        arch: a name from ``pfa_lightning.models.MODEL_NAMES``, or ``"torchvision"`` / ``"timm"``
+            for the model ``name`` of that library (random weights: nothing is downloaded).
+        name, model_kwargs: the torchvision/timm model and its constructor's extra arguments
+            (e.g. ``{"img_size": 32}`` for a timm ViT).
+        num_classes, in_channels, width: passed to :func:`pfa_lightning.models.build` (``width``:
+            bundled models only).
+        weights: a ``state_dict`` file or a checkpoint (e.g. Lightning's) to start from, see
+            :func:`~pfa_lightning.models.zoo.load_weights`. Not kept in the hyperparameters, so
+            loading this module's own checkpoint later does not need the file.
         input_size: image side, for the models whose classifier depends on it (VGG, SimpleCNN).
         optimizer: ``sgd`` (Nesterov momentum ``momentum``), ``adam`` or ``adamw``; ``lr``, ``weight_decay``.
         scheduler: ``cosine`` (over the whole fit, ``trainer.max_epochs``, or over each stage between
@@ -50,14 +59,16 @@ class ImageClassifier(pl.LightningModule):
 
     Example:
         >>> module = ImageClassifier("vgg16", num_classes=10, lr=0.05)
+        >>> module = ImageClassifier("torchvision", name="resnet18", weights="resnet18.pt")
     """
 
     def __init__(self, arch: str = "vgg16", num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  optimizer: str = "sgd", lr: float = 0.05, weight_decay: float = 5e-4, momentum: float = 0.9,
                  scheduler: str = "cosine", step_size: int = 30, input_size: int = 32,
-                 restarts: Sequence[int] | None = None, restart_lr: float | None = None) -> None:
+                 restarts: Sequence[int] | None = None, restart_lr: float | None = None, name: str | None = None,
+                 model_kwargs: dict[str, Any] | None = None, weights: str | None = None) -> None:
         super().__init__()
-        check_choice("arch", arch.lower() if isinstance(arch, str) else arch, MODEL_NAMES)
+        arch = check_choice("arch", arch.lower() if isinstance(arch, str) else arch, MODEL_NAMES + LIBRARIES)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
         check_positive("lr", lr)
@@ -66,13 +77,25 @@ class ImageClassifier(pl.LightningModule):
         if restarts is not None and not (is_sequence(restarts) and all(type(e) is int and e >= 0 for e in restarts)):
             raise fail("restarts", "a list of epochs >= 0 (or null)", restarts)
         restarts = sorted(set(restarts or ()))
-        self.save_hyperparameters()
-        sized = {"input_size": input_size} if arch.startswith("vgg") or arch == "simplecnn" else {}
-        self.net: nn.Module = build(arch, num_classes=num_classes, in_channels=in_channels, width=width, **sized)
+        self.save_hyperparameters(ignore=["weights"])
+        self.net: nn.Module = self._build_net(input_size)
+        if weights is not None:
+            load_weights(self.net, weights)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def _build_net(self, input_size: int) -> nn.Module:
+        hp = self.hparams
+        if hp.arch in LIBRARIES:
+            if hp.width != 1.0:
+                raise fail("width", f"1.0 for a {hp.arch} model (the multiplier applies to the bundled models)", hp.width)
+            return build_library_model(hp.arch, hp.name, hp.num_classes, hp.in_channels, **(hp.model_kwargs or {}))
+        if hp.name is not None or hp.model_kwargs:
+            raise fail("name", f"null for arch={hp.arch!r} (`name` chooses a torchvision or timm model)", hp.name)
+        sized = {"input_size": input_size} if hp.arch.startswith("vgg") or hp.arch == "simplecnn" else {}
+        return build(hp.arch, num_classes=hp.num_classes, in_channels=hp.in_channels, width=hp.width, **sized)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -238,7 +238,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
     pfa = OmegaConf.to_container(cfg.pfa, resolve=True)
-    settings = {"model": cfg.model.arch, "width": cfg.model.width, "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
+    model = f"{cfg.model.arch}:{cfg.model.name}" if cfg.model.get("name") else cfg.model.arch
+    settings = {"model": model, "width": cfg.model.width, "weights": cfg.model.get("weights"), "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
                 "seed": cfg.seed, "epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
     settings.update({f"pfa_{k}": v for k, v in pfa.items() if k in ("strategy", "threshold", "ratio", "metric", "selection")})  # type: ignore[union-attr]
     try:
@@ -254,12 +255,13 @@ def _print_summary(out: Path, results: dict[str, Any]) -> None:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
+    full = f"after {results['epochs_full']} epochs" if results["epochs_full"] else "as given"
     log.info(
-        "%s: params %s -> %s (%.1f%%), FLOPs %s -> %s (%.1f%%); test accuracy: full network after %d epochs %s, "
+        "%s: params %s -> %s (%.1f%%), FLOPs %s -> %s (%.1f%%); test accuracy: full network %s %s, "
         "right after surgery %s, after BatchNorm recalibration %s, compressed network after %d epochs in all %s. "
         "Results in %s", results["name"], f"{results['params_full']:,}", f"{results['params_compressed']:,}",
         100 * results["params_ratio"], f"{results['flops_full']:,}", f"{results['flops_compressed']:,}",
-        100 * results["flops_ratio"], results["epochs_full"], pct(results["acc_full"]),
+        100 * results["flops_ratio"], full, pct(results["acc_full"]),
         pct(results["acc_after_surgery"]), pct(results.get("acc_after_recalibration")), results["epochs_final"],
         pct(results["acc_final"]), out,
     )
