@@ -10,11 +10,15 @@ command (pfa_lightning/experiments/cli.py), which reads these configs from the p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 
 from pfa_lightning.experiments.cli import experiment
 
-main = hydra.main(version_base="1.3", config_path="conf", config_name="config")(experiment)
+# absolute: Hydra resolves a relative path from the module defining `experiment`, not from this file
+main = hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"),
+                  config_name="config")(experiment)
 
 if __name__ == "__main__":
     main()

@@ -86,8 +86,10 @@ def section(data: dict) -> list[str]:
     lines += ["", "Every run is seed 0" + (" (they differ a little: CPU training here is not bitwise reproducible)."
                                            if len(finals) > 1 else "."),
               "", "The machine column is one VGG-16 training step at batch 32 (the job's dominant operation), timed "
-              "right before each run (a 5-step snapshot): this VM is shared and drifts, and the same code took "
-              "108 to 131 s this session (131 s three times in a row while that step took ~1,090 ms).",
+              "right before each run (a 5-step snapshot): this VM is shared and drifts, and the time follows it: "
+              "on 2026-11-30, 99 and 106 s (step 692 and 772 ms) an hour before these three; the session before, "
+              "108 to 131 s (131 s three times in a row while that step took ~1,090 ms, 121 s once at 1,845 ms). "
+              "The margin is thin: on a slow moment of this VM the job takes a little over 2 minutes.",
               "", "Where the time goes (one run, Lightning's simple profiler and cProfile): imports ~9 s (torch, "
               "Lightning, torchmetrics, Hydra), 2 full-width epochs ~70 s (the weight gradient of the 2x2-pixel "
               "512-channel convolutions costs ~4x its FLOPs in oneDNN), the compression ~20 s (the analysis pass over "

@@ -412,6 +412,13 @@ def architectures_section() -> list[str]:
     return section(json.loads(RAW.read_text())) if RAW.exists() else []
 
 
+def onnx_section() -> list[str]:
+    """ONNX Runtime CPU inference, full vs compressed (``benchmarks/onnx_speed.py``), when its results exist."""
+    from onnx_speed import RAW, section
+
+    return section(json.loads(RAW.read_text())) if RAW.exists() else []
+
+
 def report(data: dict) -> str:
     args, arms, speed_rows, iter_rows = data["args"], data["arms"], data, data["iterative"]
     lines = [
@@ -423,6 +430,7 @@ def report(data: dict) -> str:
         *main_job_section(),
         *budget_section(),
         *architectures_section(),
+        *onnx_section(),
         "## Quality at PFA-KL's own footprint (accuracy in %, mean ± std over seeds)", "",
         "| arm | params % | FLOPs % | accuracy right after surgery | final accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -232,10 +232,8 @@ class PFACallback(Callback):
         passed = [e for e in pending if e <= trainer.current_epoch]
         if passed:
             when = "before training" if passed[0] == 0 else f"after epoch {passed[0]}"
-            raise PFAError(
-                f"`compress_at` epoch {passed[0]} has already passed (training resumes after epoch "
-                f"{trainer.current_epoch}) and the checkpoint records no compression {when}."
-            )
+            raise PFAError(f"`compress_at` epoch {passed[0]} has already passed (training resumes after epoch "
+                           f"{trainer.current_epoch}) and the checkpoint records no compression {when}.")
         if pending:
             self._preflight(trainer, pl_module)
 
