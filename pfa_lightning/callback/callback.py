@@ -19,7 +19,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pfa_lightning.callback.checks import check_module, check_trainer
+from pfa_lightning.callback.checks import check_module, check_trainer, pending_epochs
 from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, RestoreHook, already_applied,
                                                check_not_behind, input_spec, restore_architecture)
 from pfa_lightning.callback.data import (Converted, peek, request_fit_data, shard, single_loader,
@@ -220,6 +220,7 @@ class PFACallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``compress_at`` 0: analyse and cut now, before the first training epoch (and before the sanity
         check), so the optimizers and schedulers are built for the cut network; also in a fit of 0 epochs."""
+        self._forget_if_reused(pl_module)
         if 0 not in self.compress_at or 0 in self.done_epochs or trainer.ckpt_path is not None:
             return  # (resuming a fit whose checkpoint lacks it: on_train_start says it has passed)
         request_fit_data(trainer)  # the analysis data (unless given) and the validation data for the accuracies
@@ -228,19 +229,17 @@ class PFACallback(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fail now, not at the compression epoch: epochs already past, a module PFA cannot cut."""
-        pending = [e for e in self.compress_at if e not in self.done_epochs]
-        passed = [e for e in pending if e <= trainer.current_epoch]
-        if passed:
-            when = "before training" if passed[0] == 0 else f"after epoch {passed[0]}"
-            raise PFAError(f"`compress_at` epoch {passed[0]} has already passed (training resumes after epoch "
-                           f"{trainer.current_epoch}) and the checkpoint records no compression {when}.")
+        self._forget_if_reused(pl_module)
+        pending = pending_epochs(self.compress_at, self.done_epochs, trainer.current_epoch)
         if pending:
             self._preflight(trainer, pl_module)
 
-    def _preflight(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _forget_if_reused(self, pl_module: pl.LightningModule) -> None:
         if self.history and not self._module_is_compressed(pl_module):
             rank_zero_warn("PFACallback is reused on an uncompressed module: its compression history is cleared.")
             self.history = []
+
+    def _preflight(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.distill is not None and not pl_module.automatic_optimization:
             raise PFAError(DISTILL_NEEDS_AUTOMATIC)
         inputs = self._example_inputs(trainer, pl_module)
@@ -281,7 +280,7 @@ class PFACallback(Callback):
         before = self._footprint(pl_module, inputs)
         acc_before, accuracy_on = self._evaluate(trainer, pl_module) if self.validate_after else (None, None)
 
-        recipe, stats = self._decide(trainer, pl_module, inputs)
+        recipe, stats = self._decide(trainer, pl_module, inputs, epoch)
         old_params = dict(pl_module.named_parameters())
         kept = kept_parameter_indices(pl_module, recipe, inputs) if self.optimizer_state == "transplant" else {}
         old_optimizers = list(trainer.optimizers)
@@ -339,7 +338,8 @@ class PFACallback(Callback):
             self._teacher.release()
             self._teacher = None
 
-    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> tuple[Recipe, ResponseStats]:
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any,
+                epoch: int) -> tuple[Recipe, ResponseStats]:
         """Statistics summed over ranks, then the same recipe on every rank (verified)."""
         data, limit = self._analysis_data(trainer)
         batches = Converted(data, trainer.precision_plugin.convert_input)
@@ -349,7 +349,7 @@ class PFACallback(Callback):
                 return collect_responses(
                     pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
                     exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
-                    description=f"PFA responses (epoch {trainer.current_epoch + 1})", per_position=self.compensate)
+                    description=f"PFA responses ({f'epoch {epoch}' if epoch else 'before training'})", per_position=self.compensate)
 
         def decide() -> Recipe:
             self.on_statistics(trainer, pl_module, stats)

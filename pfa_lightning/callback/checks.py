@@ -44,6 +44,20 @@ def check_trainer(trainer: pl.Trainer, compress_at: list[int], max_samples: int 
         )
 
 
+def pending_epochs(compress_at: list[int], done: set[int], current_epoch: int) -> list[int]:
+    """The compression epochs still to come when training starts after ``current_epoch`` epochs; refuses
+    those already past without a recorded compression (a resumed checkpoint written before them)."""
+    pending = [e for e in compress_at if e not in done]
+    passed = [e for e in pending if e <= current_epoch]
+    if passed:
+        when = "before training" if passed[0] == 0 else f"after epoch {passed[0]}"
+        hint = (" To compress a network trained elsewhere, load its weights into the module (e.g. "
+                "load_from_checkpoint) and fit without `ckpt_path`." if passed[0] == 0 else "")
+        raise PFAError(f"`compress_at` epoch {passed[0]} has already passed (training resumes after epoch "
+                       f"{current_epoch}) and the checkpoint records no compression {when}.{hint}")
+    return pending
+
+
 def check_module(pl_module: pl.LightningModule, inputs: Any, strategy: Strategy, *, layers: list[str] | None,
                  exclude: list[str] | None, min_units: int, coupled: str, round_to: int = 1) -> None:
     """Refuse, before training, a module PFA cannot cut or a footprint target it cannot reach."""
@@ -77,4 +91,4 @@ def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: s
         )
 
 
-__all__ = ["check_module", "check_trainer"]
+__all__ = ["check_module", "check_trainer", "pending_epochs"]

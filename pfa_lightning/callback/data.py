@@ -122,8 +122,10 @@ def request_fit_data(trainer: Any) -> None:
         trainer.fit_loop.setup_data()
     if trainer.val_dataloaders is None:  # as the fit loop does when it starts (its `on_run_start`)
         trainer.validating = True
-        trainer.fit_loop.epoch_loop.val_loop.setup_data()
-        trainer.training = True
+        try:
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        finally:
+            trainer.training = True
 
 
 def single_loader(loaders: Any, what: str) -> Any:

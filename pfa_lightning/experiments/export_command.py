@@ -137,7 +137,8 @@ def load_module(module_class: type, path: str) -> Any:
         return load_compressed(module_class, path, map_location="cpu")
     except PFAError:
         raise
-    except (TypeError, ValueError, RuntimeError, KeyError) as err:  # the class's __init__ or load_state_dict refusing
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, ImportError, pickle.UnpicklingError) as err:
+        # the class's __init__ or load_state_dict refusing, or hyperparameters torch.load(weights_only=True) refuses
         reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         raise PFAError(f"`module` {module_class.__module__}:{module_class.__qualname__} cannot load {path!r} "
                        f"({reason}): pass the LightningModule class the checkpoint was written by.") from None

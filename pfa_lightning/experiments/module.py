@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -69,6 +70,10 @@ class ImageClassifier(pl.LightningModule):
                  model_kwargs: dict[str, Any] | None = None, weights: str | None = None) -> None:
         super().__init__()
         arch = check_choice("arch", arch.lower() if isinstance(arch, str) else arch, MODEL_NAMES + LIBRARIES)
+        if model_kwargs is not None:  # plain data (not Hydra's DictConfig): checkpoints load with weights_only
+            if not isinstance(model_kwargs, Mapping):
+                raise fail("model_kwargs", "a mapping of constructor arguments (or null)", model_kwargs)
+            model_kwargs = OmegaConf.to_container(model_kwargs) if isinstance(model_kwargs, DictConfig) else dict(model_kwargs)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
         check_positive("lr", lr)
@@ -92,8 +97,9 @@ class ImageClassifier(pl.LightningModule):
             if hp.width != 1.0:
                 raise fail("width", f"1.0 for a {hp.arch} model (the multiplier applies to the bundled models)", hp.width)
             return build_library_model(hp.arch, hp.name, hp.num_classes, hp.in_channels, **(hp.model_kwargs or {}))
-        if hp.name is not None or hp.model_kwargs:
-            raise fail("name", f"null for arch={hp.arch!r} (`name` chooses a torchvision or timm model)", hp.name)
+        for key in ("name", "model_kwargs"):
+            if hp[key] is not None:
+                raise fail(key, f"null for arch={hp.arch!r} (it applies to torchvision and timm models)", hp[key])
         sized = {"input_size": input_size} if hp.arch.startswith("vgg") or hp.arch == "simplecnn" else {}
         return build(hp.arch, num_classes=hp.num_classes, in_channels=hp.in_channels, width=hp.width, **sized)
 

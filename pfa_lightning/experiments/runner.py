@@ -173,13 +173,16 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir)
     check_objectives(cfg)  # before any training
+    if int(cfg.train.epochs) == 0 and cfg.model.get("weights") is None and cfg.pfa.get("strategy") != "none":
+        log.warning("train.epochs=0 without model.weights: PFA compresses a network with random weights "
+                    "(set model.weights=<your trained weights>).")
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.dataset)
     datamodule.setup("fit")
     extra = {"input_size": datamodule.size} if getattr(datamodule, "size", None) else {}
-    module = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels, **extra)
+    module = instantiate(cfg.model, _convert_="all", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels, **extra)
     pfa_cb = _pfa_callback(cfg, datamodule)
     checkpoint = LastCheckpoint(out / "checkpoints")
     loggers = _loggers(cfg, out)

@@ -39,22 +39,23 @@ def build_library_model(library: str, name: str, num_classes: int = 10, in_chann
             import timm
         except ImportError:
             raise PFAError("`model=timm` needs timm: pip install 'pfa_lightning[timm]'.") from None
-        _check_known(name, timm.list_models(), library, "timm.list_models()")
+        _check_known(name, timm.list_models(), "timm", "timm.list_models()")
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
     import torchvision
 
-    _check_known(name, torchvision.models.list_models(), library, "torchvision.models.list_models()")
+    _check_known(name, torchvision.models.list_models(module=torchvision.models), "torchvision's classification models",
+                 "torchvision.models.list_models(module=torchvision.models)")
     net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if in_channels != 3:
         _set_input_channels(net, name, in_channels)
     return net
 
 
-def _check_known(name: str, known: list[str], library: str, listing: str) -> None:
+def _check_known(name: str, known: list[str], models: str, listing: str) -> None:
     if name not in known:
         close = difflib.get_close_matches(name, known, n=5)
         hint = f" Closest: {', '.join(close)}." if close else ""
-        raise PFAError(f"{library} has no model {name!r} (see {listing}).{hint}")
+        raise PFAError(f"{name!r} is not one of {models} (see {listing}).{hint}")
 
 
 def _set_input_channels(net: nn.Module, name: str, in_channels: int) -> None:

@@ -75,6 +75,16 @@ def test_a_library_model_is_compressed_from_its_weights_file(library, name, save
     torch.testing.assert_close(_fresh_process_outputs(out / "final.ckpt"), here(x).detach())
 
 
+def test_hydra_model_kwargs_are_kept_as_plain_data(tmp_path):
+    from omegaconf import OmegaConf
+
+    module = ImageClassifier("torchvision", name="resnet18", model_kwargs=OmegaConf.create({"zero_init_residual": True}))
+    assert type(module.hparams.model_kwargs) is dict and torch.all(module.net.layer1[0].bn2.weight == 0)
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.ckpt")
+    assert torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]["model_kwargs"] == {
+        "zero_init_residual": True}
+
+
 def test_weights_files_that_do_not_fit_are_one_clear_error(tmp_path):
     net = build_library_model("torchvision", "resnet18", num_classes=10, in_channels=1)
     assert net.conv1.in_channels == 1
@@ -96,8 +106,12 @@ def test_weights_files_that_do_not_fit_are_one_clear_error(tmp_path):
 
 
 def test_library_model_settings_are_checked():
-    with pytest.raises(PFAError, match=r"torchvision has no model 'resnet19' .*Closest: resnet18"):
+    with pytest.raises(PFAError, match=r"'resnet19' is not one of torchvision's classification .*Closest: resnet18"):
         ImageClassifier("torchvision", name="resnet19")
+    with pytest.raises(PFAError, match=r"'fcn_resnet50' is not one of torchvision's classification models"):
+        ImageClassifier("torchvision", name="fcn_resnet50")  # a segmentation model
+    with pytest.raises(PFAError, match=r"`model_kwargs` must be null for arch='vgg11'"):
+        ImageClassifier("vgg11", model_kwargs={"dropout": 0.1})
     with pytest.raises(PFAError, match=r"`width` must be 1.0 for a torchvision model"):
         ImageClassifier("torchvision", name="resnet18", width=0.5)
     with pytest.raises(PFAError, match=r"`name` must be null for arch='vgg11'"):

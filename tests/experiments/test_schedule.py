@@ -26,7 +26,13 @@ def test_staged_cosine_decays_to_zero_in_each_stage_and_restarts_scaled():
         assert [plain(t) for t in range(11)] == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 10)) for t in range(11)])
 
 
-@pytest.mark.parametrize("restarts", [[0], [1.5], "3", [True]])
+def test_a_restart_at_zero_makes_the_first_stage_fine_tuning():
+    f = StagedCosine([0, 4], total=10, restart_scale=0.2)  # compress at fit start, and after epoch 4
+    assert f(0) == pytest.approx(0.2) and f(4) == pytest.approx(0.2) and f(3) < f(0)
+    ImageClassifier("simplecnn", restarts=[0])  # accepted: PFACallback(compress_at=0)
+
+
+@pytest.mark.parametrize("restarts", [[-1], [1.5], "3", [True]])
 def test_bad_restarts_are_refused_by_name(restarts):
     with pytest.raises(PFAError, match="`restarts`"):
         ImageClassifier("simplecnn", restarts=restarts)
