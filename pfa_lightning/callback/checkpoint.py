@@ -4,8 +4,6 @@ architecture from a checkpoint, and :func:`load_compressed`."""
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from torch import nn
 
 from pfa_lightning.callback.namespace import lightning_module_classes
 from pfa_lightning.errors import PFAError
+from pfa_lightning.files import load_plain, refused_as_unsafe
 from pfa_lightning.graph import module_width
 from pfa_lightning.nested import map_nested
 from pfa_lightning.recipe import Recipe
@@ -152,9 +151,9 @@ def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: b
     if not file.is_file():
         raise PFAError(f"`{name}` {str(file)!r} is not a file (a Lightning checkpoint, e.g. a run's checkpoints/last.ckpt).")
     try:  # memory-mapped where the format allows it: reading the keys does not load the tensors
-        checkpoint = torch.load(file, map_location="cpu", mmap=zipfile.is_zipfile(file), weights_only=True)
+        checkpoint = load_plain(file)
     except Exception as err:  # noqa: BLE001 - any failure to read it is the same user error
-        if isinstance(err, pickle.UnpicklingError) and ("weights_only" in str(err) or "Weights only" in str(err)):
+        if refused_as_unsafe(err):
             return str(file)  # readable, but holds objects weights_only refuses: Lightning decides
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise PFAError(f"`{name}` {str(file)!r} cannot be read as a PyTorch checkpoint (truncated or not a "

@@ -16,15 +16,13 @@ import importlib
 import os
 import pickle
 import sys
-import zipfile
 from collections.abc import Sequence
 from typing import Any
-
-import torch
 
 from pfa_lightning.callback.checkpoint import CHECKPOINT_KEY, check_checkpoint_file, inputs_from_spec, load_compressed
 from pfa_lightning.callback.namespace import lightning_module_classes
 from pfa_lightning.errors import PFAError
+from pfa_lightning.files import load_plain
 from pfa_lightning.export import EXPORT_FORMATS, ExportReport, export_model
 from pfa_lightning.validation import check_choice, fail
 
@@ -111,7 +109,7 @@ def shape_spec(shape: tuple[int, ...]) -> dict[str, Any]:
 def single_input_spec(path: str) -> dict[str, Any]:
     """The checkpoint's example-input spec: one tensor's shape and dtype; a PFAError if it has none or a nested one."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
+        checkpoint = load_plain(path)
     except pickle.UnpicklingError:
         raise PFAError(f"`checkpoint` {path!r} holds objects torch.load(weights_only=True) refuses; pfa-export reads "
                        "checkpoints of tensors and plain values only.") from None

@@ -8,7 +8,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from pfa_lightning.errors import PFAError
+from pfa_lightning.files import load_plain
 from pfa_lightning.validation import check_choice
 
 LIBRARIES = ("torchvision", "timm")
@@ -84,7 +84,7 @@ def load_weights(net: nn.Module, path: str | Path) -> nn.Module:
     if not file.is_file():
         raise PFAError(f"`model.weights` {str(file)!r} is not a file (a state_dict or a checkpoint to start from).")
     try:
-        saved = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        saved = load_plain(file)
     except Exception as err:  # noqa: BLE001 - any failure to read it is the same user error
         raise PFAError(f"`model.weights` {str(file)!r} cannot be read with torch.load(weights_only=True) "
                        f"({type(err).__name__}): save the weights with torch.save(model.state_dict(), path).") from None
