@@ -66,9 +66,9 @@ def export_model(model: nn.Module, example_inputs: Tensor, output: str | os.Path
     submodule's train/eval flag is restored afterwards. ``example_inputs`` is one tensor whose dim 0 is
     the batch (a batch of one is repeated to two: ``torch.export`` would fix a batch of one as a
     constant). With ``check``, random inputs of its shape and dtype (a fixed seed) at the example's
-    batch size, at 1 and at the example's + 3 go through the model and the written file, and every
-    output must satisfy ``|exported - pytorch| <= atol + rtol * |pytorch|`` (float32 kernels sum in
-    another order: the error grows with the output's magnitude).
+    batch size, at 1 and at the example's + 3 go through the model and the written file, and for every
+    output tensor ``max |exported - pytorch| <= atol + rtol * max |pytorch|`` (float32 kernels sum in
+    another order: the rounding error grows with the outputs' scale, not with each element's size).
 
     Example:
         >>> report = export_model(model, torch.randn(8, 3, 32, 32), "model.onnx")
@@ -279,11 +279,18 @@ def _compare(model: nn.Module, exported: Runner, example: Tensor, batches: list[
             raise PFAError(f"The {format} export gives outputs of shapes {shapes[0]} at batch size {batch}, "
                            f"the PyTorch model {shapes[1]}.")
         for a, b in zip(got, expected):
-            diff = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+            if not a.numel():
+                continue
+            a, b = a.double(), b.double()
+            if not torch.equal(a.isnan(), b.isnan()):
+                raise PFAError(f"The {format} export gives NaN where the PyTorch model does not (batch size {batch}).")
+            diff = float((a - b).nan_to_num().abs().max())
+            scale = float(b.nan_to_num().abs().max())
             worst = max(worst, diff)
-            if not torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol, equal_nan=True):
+            if diff > atol + rtol * scale:
                 raise PFAError(f"The {format} export differs from the PyTorch model at batch size {batch}: max abs "
-                               f"difference {diff:.3g} (allowed: atol {atol:g} + rtol {rtol:g} x |output|).")
+                               f"difference {diff:.3g} on outputs up to {scale:.3g} (allowed: atol {atol:g} + rtol "
+                               f"{rtol:g} x {scale:.3g}); loosen atol/rtol if that is float32 rounding.")
     return worst
 
 

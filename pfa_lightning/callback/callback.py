@@ -106,6 +106,7 @@ class PFACallback(Callback):
     """
 
     evaluate_at_end = True  # with validate_after: log `pfa/acc_end` when training ends (subclasses may skip it)
+    given_data = "the `dataloader` given to PFACallback"  # the log's name for it
 
     def __init__(
         self,
@@ -378,7 +379,7 @@ class PFACallback(Callback):
         key = (source, trainer.global_rank, trainer.world_size)
         if self._analysis is None or self._analysis[0] != key:
             if self.dataloader is not None:
-                loader, self.analysis_data = source, "the `dataloader` given to PFACallback"
+                loader, self.analysis_data = source, self.given_data
             else:
                 loader, self.analysis_data = without_augmentation(source)
             self._analysis = (key, shard(loader, trainer.global_rank, trainer.world_size, self.max_samples,

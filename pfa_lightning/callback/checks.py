@@ -35,7 +35,7 @@ def check_trainer(trainer: pl.Trainer, compress_at: list[int], max_samples: int 
                 f"`compress_at` epoch {late[0]} is beyond `max_epochs={max_epochs}`: that compression would "
                 f"never happen. Use epochs in [0, {max_epochs}]."
             )
-        if compress_at[-1] == max_epochs:
+        if compress_at[-1] == max_epochs > 0:  # (max_epochs=0 asks for the cut alone)
             rank_zero_warn(f"PFACallback's last compression (epoch {max_epochs}) ends the fit: no fine-tuning follows.")
     if max_samples is not None and max_samples < 2 * trainer.world_size:
         raise PFAError(

@@ -32,7 +32,7 @@ EXAMPLE_BATCH = 2  # the batch size traced; the check runs others
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str = "onnx", *,
                       module: str | type = DEFAULT_MODULE, input_shape: Sequence[int] | None = None,
-                      check: bool = True) -> ExportReport:
+                      check: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> ExportReport:
     """Load a compressed checkpoint of ``module`` and export it with :func:`~pfa_lightning.export.export_model`.
 
     The example input comes from ``input_shape`` (one sample's shape, without the batch dimension) or else
@@ -45,6 +45,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
 
     Args:
         module: the checkpoint's LightningModule class, or its ``"package.module:ClassName"``.
+        check, atol, rtol: as in :func:`~pfa_lightning.export.export_model`.
 
     Raises:
         PFAError: a bad ``format``, ``module`` or ``input_shape``; a checkpoint that is not a readable Lightning
@@ -59,7 +60,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     path = check_checkpoint_file(checkpoint, "checkpoint")
     spec = shape_spec(shape) if shape is not None else single_input_spec(path)
     model = load_module(module_class, path)
-    return export_model(model, inputs_from_spec(spec, model, batch=EXAMPLE_BATCH), output, format, check=check)
+    return export_model(model, inputs_from_spec(spec, model, batch=EXAMPLE_BATCH), output, format, check=check,
+                        atol=atol, rtol=rtol)
 
 
 def module_class_of(name: str) -> type:
@@ -133,7 +135,10 @@ def load_module(module_class: type, path: str) -> Any:
     """``load_compressed(module_class, path)`` on the CPU; a class the checkpoint does not fit is one PFAError."""
     try:
         return load_compressed(module_class, path, map_location="cpu")
-    except PFAError:
+    except PFAError as err:
+        if "does not fit" in str(err):  # the checkpoint's compressions name layers this class does not have
+            raise PFAError(f"{err} Is the checkpoint of another LightningModule? Name its class with "
+                           "--module package.module:ClassName.") from None
         raise
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, ImportError, pickle.UnpicklingError) as err:
         # the class's __init__ or load_state_dict refusing, or hyperparameters torch.load(weights_only=True) refuses
@@ -165,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-shape", metavar="C,H,W", help="one sample's input shape (no batch dimension); "
                         "by default the example input the checkpoint records")
     parser.add_argument("--no-check", action="store_true", help="skip loading the file back and comparing outputs")
+    parser.add_argument("--atol", type=float, default=1e-4, help="allowed absolute difference (default 1e-4) ...")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="... plus this times the largest |output| (1e-4)")
     return parser
 
 
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
         report = export_checkpoint(args.checkpoint, args.output, args.format, module=args.module, input_shape=shape,
-                                   check=not args.no_check)
+                                   check=not args.no_check, atol=args.atol, rtol=args.rtol)
     except PFAError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1

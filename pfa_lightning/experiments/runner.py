@@ -46,6 +46,7 @@ class ExperimentPFACallback(PFACallback):
     is measured on — and keeps the analysed spectra for plots."""
 
     evaluate_at_end = False  # the run tests the final network itself
+    given_data = "the data set's training split, without augmentation"
 
     def __init__(self, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,7 +62,9 @@ class ExperimentPFACallback(PFACallback):
             return super().evaluation_data(trainer)
         dm = self.datamodule
         loader = dm.test_dataloader(specialized=bool(dm.specialize_classes))
-        return (*shard(loader, trainer.global_rank, trainer.world_size, None), "test")
+        data, _ = shard(loader, trainer.global_rank, trainer.world_size, None)
+        batches = trainer.limit_test_batches  # (train.batch_limit) the first batches, as the final test reads
+        return data, batches * loader.batch_size if isinstance(batches, int) else None, "test"
 
 
 class LastCheckpoint(Checkpoint):
@@ -258,14 +261,17 @@ def _print_summary(out: Path, results: dict[str, Any]) -> None:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
-    full = f"after {results['epochs_full']} epochs" if results["epochs_full"] else "as given"
+    def epochs(n: int) -> str:
+        return f"{n} epoch" + ("s" if n != 1 else "")
+
+    full = f"after {epochs(results['epochs_full'])}" if results["epochs_full"] else "as given"
     log.info(
         "%s: params %s -> %s (%.1f%%), FLOPs %s -> %s (%.1f%%); test accuracy: full network %s %s, "
-        "right after surgery %s, after BatchNorm recalibration %s, compressed network after %d epochs in all %s. "
+        "right after surgery %s, after BatchNorm recalibration %s, compressed network after %s in all %s. "
         "Results in %s", results["name"], f"{results['params_full']:,}", f"{results['params_compressed']:,}",
         100 * results["params_ratio"], f"{results['flops_full']:,}", f"{results['flops_compressed']:,}",
         100 * results["flops_ratio"], full, pct(results["acc_full"]),
-        pct(results["acc_after_surgery"]), pct(results.get("acc_after_recalibration")), results["epochs_final"],
+        pct(results["acc_after_surgery"]), pct(results.get("acc_after_recalibration")), epochs(results["epochs_final"]),
         pct(results["acc_final"]), out,
     )
 

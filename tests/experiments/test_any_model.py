@@ -66,6 +66,8 @@ def test_a_library_model_is_compressed_from_its_weights_file(library, name, save
     assert kept.shape == (first.kept, *original.shape[1:])
     if finetune == 0:
         assert torch.equal(kept, original[first.kept_indices])
+        # the same network tested on the same (batch-limited) samples: the callback's accuracy and the final test agree
+        assert results["acc_final"] == pytest.approx(results["acc_after_recalibration"], abs=1e-6)
     # the checkpoint is plain data: a fresh process rebuilds the compressed network without the weights file
     weights.unlink()
     from pfa_lightning import load_compressed

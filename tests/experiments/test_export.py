@@ -240,7 +240,7 @@ def test_an_export_that_differs_leaves_the_old_file_untouched(format, tmp_path):
     output = tmp_path / f"model{SUFFIX[format]}"
     output.write_bytes(b"the good one")
     with pytest.raises(PFAError, match=rf"The {format} export differs from the PyTorch model at batch size 1: "
-                                       r"max abs difference [0-9.e-]+ \(allowed: atol 0.0001"):
+                                       r"max abs difference [0-9.e-]+ on outputs up to [0-9.e-]+ \(allowed: atol 0.0001"):
         export_model(Noisy(), torch.randn(4, 4), output, format)
     assert output.read_bytes() == b"the good one"
     assert [p.name for p in tmp_path.iterdir()] == [output.name]
@@ -289,3 +289,19 @@ def test_bad_arguments(kwargs, match, tmp_path):
     arguments = {"model": nn.Linear(4, 2), "example_inputs": torch.randn(2, 4), "output": tmp_path / "model.onnx"}
     with pytest.raises(PFAError, match=match):
         export_model(**(arguments | kwargs))
+
+
+class LargeAndNoisy(nn.Module):
+    """Outputs near 1000 with a wobble of 1e-3 (1e-6 of them): float32 kernels summing in another order."""
+
+    def forward(self, x):
+        return 1000.0 + x + 1e-3 * torch.rand_like(x)
+
+
+def test_the_tolerance_scales_with_the_outputs_not_each_element(tmp_path):
+    x = torch.randn(4, 4)
+    report = export_model(LargeAndNoisy(), x, tmp_path / "large.pt2", "exported-program")  # passes: 1e-3 of 1000
+    assert 1e-4 < report.max_abs_diff < 1e-4 + 1e-4 * 1000
+    with pytest.raises(PFAError, match="differs"):
+        export_model(LargeAndNoisy(), x, tmp_path / "strict.pt2", "exported-program", rtol=0.0)
+    assert not (tmp_path / "strict.pt2").exists()
