@@ -44,6 +44,10 @@ def test_the_pfa_command_runs_from_a_plain_install_outside_the_repository(tmp_pa
     where = subprocess.run([sys.executable, "-c", "import pfa_lightning; print(pfa_lightning.__file__)"], cwd=elsewhere,
                            env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()).is_relative_to(target)  # the installed copy, not the repository
+    usage = subprocess.run([str(target / "bin" / "pfa"), "--help"], cwd=elsewhere, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert usage.returncode == 0 and usage.stdout.startswith("pfa_lightning: train a network, compress it")
+    assert "model: default, resnet20" in usage.stdout and "torchvision" in usage.stdout
     result = subprocess.run(
         [str(target / "bin" / "pfa"), "model=simplecnn", "model.width=0.25", "pfa=kl", "train.epochs=1",
          "train.finetune_epochs=1", "train.batch_limit=2", "pfa.max_samples=64", "pfa.verbose=false", "logger=none",
