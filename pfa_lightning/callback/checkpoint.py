@@ -19,6 +19,7 @@ from pfa_lightning.nested import map_nested
 from pfa_lightning.recipe import Recipe
 from pfa_lightning.stats import model_device
 from pfa_lightning.surgery import apply_recipe
+from pfa_lightning.validation import fail
 
 CHECKPOINT_KEY = "pfa"  # top-level checkpoint entry: {"version", "example_inputs", "history"}
 HISTORY_VERSION = 1
@@ -165,6 +166,15 @@ def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: b
     return str(file)
 
 
+def check_module_class(cls: Any, name: str = "module_class", shown: Any = None) -> type:
+    """``cls`` if it is a LightningModule subclass (of pytorch_lightning or lightning.pytorch), else one PFAError
+    naming the setting ``name`` and the value (``shown``, e.g. the text it came from, or ``cls``)."""
+    if not (isinstance(cls, type) and issubclass(cls, lightning_module_classes())):
+        raise fail(name, "a LightningModule subclass (of pytorch_lightning or lightning.pytorch)",
+                   cls if shown is None else shown)
+    return cls
+
+
 def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any, **kwargs: Any) -> pl.LightningModule:
     """Build ``module_class``, replay the checkpoint's compressions, load the weights; in eval mode.
 
@@ -180,10 +190,7 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
         PFAError: ``checkpoint_path`` is not a readable Lightning checkpoint, or its compressions do not fit
             the module built by ``module_class``.
     """
-    if not (isinstance(module_class, type) and issubclass(module_class, lightning_module_classes())):
-        raise PFAError("`module_class` must be a LightningModule subclass (of pytorch_lightning or lightning.pytorch), "
-                       f"got {module_class!r}.")
-
+    check_module_class(module_class)
     if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
         check_checkpoint_file(checkpoint_path)
 
@@ -201,5 +208,5 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     return model.eval()
 
 
-__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "RestoreHook", "already_applied", "check_checkpoint_file", "check_not_behind",
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "RestoreHook", "already_applied", "check_checkpoint_file", "check_module_class", "check_not_behind",
            "input_spec", "inputs_from_spec", "load_compressed", "restore_architecture"]

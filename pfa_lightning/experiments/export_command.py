@@ -19,8 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pfa_lightning.callback.checkpoint import CHECKPOINT_KEY, check_checkpoint_file, inputs_from_spec, load_compressed
-from pfa_lightning.callback.namespace import lightning_module_classes
+from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, check_checkpoint_file, check_module_class,
+                                               inputs_from_spec, load_compressed)
 from pfa_lightning.errors import PFAError
 from pfa_lightning.files import load_plain
 from pfa_lightning.export import EXPORT_FORMATS, ExportReport, export_model
@@ -53,7 +53,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
             None; and everything :func:`~pfa_lightning.export.export_model` refuses.
     """
     check_choice("format", format, EXPORT_FORMATS)
-    module_class = module_class_of(module) if isinstance(module, str) else check_module_class(module)
+    module_class = module_class_of(module) if isinstance(module, str) else check_module_class(module, "module")
     shape = check_input_shape(input_shape) if input_shape is not None else None
     if "://" in str(checkpoint):
         raise fail("checkpoint", "a local file (download a remote checkpoint first)", str(checkpoint))
@@ -75,14 +75,7 @@ def module_class_of(name: str) -> type:
         raise PFAError(f"`module` {name!r} cannot be imported ({type(err).__name__}: {err}).") from None
     if found is None:
         raise PFAError(f"`module` {name!r}: {module_name} has no attribute {class_name!r}.")
-    return check_module_class(found, name)
-
-
-def check_module_class(cls: Any, name: str | None = None) -> type:
-    if not (isinstance(cls, type) and issubclass(cls, lightning_module_classes())):
-        raise fail("module", "a LightningModule subclass (of pytorch_lightning or lightning.pytorch)",
-                   name if name is not None else cls)
-    return cls
+    return check_module_class(found, "module", name)
 
 
 def check_input_shape(shape: Any) -> tuple[int, ...]:

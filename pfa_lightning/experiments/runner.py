@@ -93,21 +93,27 @@ class LastCheckpoint(Checkpoint):
             trainer.strategy.barrier("pfa_last_checkpoint")
 
 
-def _extra_callbacks(cfg: DictConfig) -> list[Any]:
-    """The `callbacks` group's Lightning callbacks (one `_target_` entry each, as in lightning-hydra-template)."""
+def _instantiate(spec: DictConfig, failure: str) -> Any:
+    """Hydra's ``instantiate`` (plain containers): a PFAError inside passes through, any other failure is one PFAError
+    starting with ``failure`` instead of Hydra's traceback."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    try:
+        return instantiate(spec, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, PFAError):
+            raise err.__cause__ from None
+        raise PFAError(f"{failure}: {str(err).splitlines()[0]}") from None
+
+
+def _extra_callbacks(cfg: DictConfig) -> list[Any]:
+    """The `callbacks` group's Lightning callbacks (one `_target_` entry each, as in lightning-hydra-template)."""
     built = []
     for name, spec in (cfg.get("callbacks") or {}).items():
         if not isinstance(spec, DictConfig) or "_target_" not in spec:
             raise fail(f"callbacks.{name}", "a callback config with a `_target_`", spec)
-        try:
-            callback = instantiate(spec, _convert_="all")
-        except InstantiationException as err:
-            if isinstance(err.__cause__, PFAError):
-                raise err.__cause__ from None
-            raise PFAError(f"`callbacks.{name}` could not be built: {str(err).splitlines()[0]}") from None
+        callback = _instantiate(spec, f"`callbacks.{name}` could not be built")
         if isinstance(callback, PFACallback):
             raise PFAError(f"`callbacks.{name}` builds a PFACallback, but run.py builds its own from the `pfa` group "
                            "(conf/callbacks/pfa.yaml is for other Hydra projects): drop it and set `pfa.*` instead.")
@@ -116,20 +122,12 @@ def _extra_callbacks(cfg: DictConfig) -> list[Any]:
 
 
 def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | None:
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     if cfg.pfa.get("strategy") == "none":
         return None
     unknown = sorted(set(cfg.pfa) - set(PFA_OPTIONS))
     if unknown:
         raise fail("pfa", f"a config whose keys are PFACallback's arguments {PFA_OPTIONS}; unknown keys", unknown)
-    try:  # e.g. selection: {_target_: pfa_lightning.Random, seed: 1}
-        options = instantiate(cfg.pfa, _convert_="all")
-    except InstantiationException as err:
-        if isinstance(err.__cause__, PFAError):
-            raise err.__cause__ from None
-        raise PFAError(f"A `pfa` setting could not be built: {str(err).splitlines()[0]}") from None
+    options = _instantiate(cfg.pfa, "A `pfa` setting could not be built")  # e.g. selection: {_target_: ...}
     analysis = datamodule.analysis_dataloader() if hasattr(datamodule, "analysis_dataloader") else None
     return ExperimentPFACallback(datamodule=datamodule, dataloader=analysis, **options)
 

@@ -28,8 +28,9 @@ def build_library_model(library: str, name: str, num_classes: int = 10, in_chann
     (e.g. ``img_size=32`` for a timm ViT).
 
     Raises:
-        PFAError: an unknown library or model name (with the closest names), timm not installed, or a
-            torchvision model whose first convolution does not take 3 channels when ``in_channels != 3``.
+        PFAError: an unknown library or model name (with the closest names), timm not installed, a constructor
+            refusing ``kwargs``, or a torchvision model whose first convolution does not take 3 channels when
+            ``in_channels != 3``.
     """
     check_choice("library", library, LIBRARIES)
     if not isinstance(name, str) or not name:
@@ -40,15 +41,25 @@ def build_library_model(library: str, name: str, num_classes: int = 10, in_chann
         except ImportError:
             raise PFAError("`model=timm` needs timm: pip install 'pfa_lightning[timm]'.") from None
         _check_known(name, timm.list_models(), "timm", "timm.list_models()")
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+        return _construct(timm.create_model, name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
+                          **kwargs)
     import torchvision
 
     _check_known(name, torchvision.models.list_models(module=torchvision.models), "torchvision's classification models",
                  "torchvision.models.list_models(module=torchvision.models)")
-    net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    net = _construct(torchvision.models.get_model, name, weights=None, num_classes=num_classes, **kwargs)
     if in_channels != 3:
         _set_input_channels(net, name, in_channels)
     return net
+
+
+def _construct(builder: Any, name: str, **kwargs: Any) -> nn.Module:
+    """``builder(name, **kwargs)``; a constructor refusing an argument (``model_kwargs``) is one PFAError."""
+    try:
+        return builder(name, **kwargs)
+    except TypeError as err:
+        raise PFAError(f"{name} cannot be built with the arguments {sorted(kwargs)} ({err}): check "
+                       "`model.model_kwargs`.") from None
 
 
 def _check_known(name: str, known: list[str], models: str, listing: str) -> None:

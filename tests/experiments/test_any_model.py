@@ -112,6 +112,8 @@ def test_library_model_settings_are_checked():
         ImageClassifier("torchvision", name="resnet19")
     with pytest.raises(PFAError, match=r"'fcn_resnet50' is not one of torchvision's classification models"):
         ImageClassifier("torchvision", name="fcn_resnet50")  # a segmentation model
+    with pytest.raises(PFAError, match=r"resnet18 cannot be built with the arguments .*'colour'.*model.model_kwargs"):
+        ImageClassifier("torchvision", name="resnet18", model_kwargs={"colour": "red"})
     with pytest.raises(PFAError, match=r"`model_kwargs` must be null for arch='vgg11'"):
         ImageClassifier("vgg11", model_kwargs={"dropout": 0.1})
     with pytest.raises(PFAError, match=r"`width` must be 1.0 for a torchvision model"):
