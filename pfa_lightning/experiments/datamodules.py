@@ -2,6 +2,9 @@
 
 - ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (real data shipped with the package,
   works offline), upsampled to 32x32 for the CIFAR-style models;
+- ``fashion_mnist``: Zalando's 70,000 28x28 grey clothing images (the benchmark data), read from the four
+  IDX files (Debian's ``dataset-fashion-mnist`` package, or torchvision's layout under ``data_dir``),
+  resized to 32x32 for the CIFAR-style models;
 - ``cifar10`` / ``cifar100``: torchvision's loaders, downloaded into ``data_dir`` when online;
 - ``imagefolder``: a user's own ``root/{train,test}/<class>/*.png`` folders;
 - ``synthetic``: random class-dependent images, for tests.
@@ -14,6 +17,7 @@ on the Trainer).
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from pfa_lightning.errors import PFAError
-from pfa_lightning.experiments.datasets import class_subset, digits_splits
+from pfa_lightning.experiments.datasets import TransformedTensors, class_subset, digits_splits, seeded_subset
 from pfa_lightning.validation import check_choice, check_int, fail
 
 CIFAR_STATS = {
@@ -141,6 +145,129 @@ class DigitsDataModule(ImageDataModule):
 
     def load(self):
         return digits_splits(self.size, self.in_channels, self.val_fraction, self.test_fraction, self.seed)
+
+
+FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts it
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the 60,000 training images scaled to [0, 1]
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (MNIST's format: big-endian header, unsigned bytes), gzip-compressed or not, as a uint8 tensor.
+
+    Raises:
+        DataError: the file is not an IDX file of unsigned bytes, or is truncated.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"Cannot read {path}: {err}.") from None
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or not 1 <= data[3] <= 3:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (MNIST's format): it starts with {data[:4]!r}.")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(data[3])]
+    offset, size = 4 + 4 * len(dims), 1
+    for d in dims:
+        size *= d
+    if len(data) - offset != size:
+        raise DataError(f"{path} is truncated or padded: its header says {dims} ({size} bytes), "
+                        f"it holds {len(data) - offset}.")
+    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).view(*dims)
+
+
+class FashionMNISTDataModule(ImageDataModule):
+    """Fashion-MNIST (Zalando): 60,000 training and 10,000 test 28x28 grey images of 10 kinds of clothing.
+
+    Read from the four original IDX files (``train-images-idx3-ubyte`` etc., gzip-compressed or not):
+    in ``root`` when given; otherwise torchvision's layout ``<data_dir>/FashionMNIST/raw``, then
+    Debian's ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``). With
+    ``download=True`` and none found, torchvision downloads them into ``data_dir`` (needs internet).
+    Images are bilinearly resized to ``size`` (32: the CIFAR-style models' input), standardised and
+    repeated to ``in_channels``; training images are augmented (random crop with 2-pixel padding and
+    horizontal flip) when ``augment``. ``train_size`` keeps a fixed, seeded subset of the training images
+    (stratified: the same number per class), e.g. for a benchmark sized to a small machine.
+    """
+
+    name = "fashion_mnist"
+    num_classes = 10
+
+    def __init__(self, root: str | None = None, data_dir: str = "data", download: bool = False, size: int = 32,
+                 in_channels: int = 1, augment: bool = True, train_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(os.path.expanduser(str(root))) if root is not None else None
+        self.data_dir, self.download, self.augment = os.path.expanduser(str(data_dir)), download, augment
+        self.size = check_int("size", size, 8)
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.train_size = check_int("train_size", train_size, self.num_classes, optional=True)
+
+    def candidates(self) -> list[Path]:
+        """The folders searched for the IDX files, in order."""
+        if self.root is not None:
+            return [self.root]
+        return [Path(self.data_dir) / "FashionMNIST" / "raw", Path(FASHION_MNIST_DEBIAN)]
+
+    @staticmethod
+    def _files_in(folder: Path) -> dict[str, Path] | None:
+        found = {}
+        for stem in (name for pair in _IDX_FILES.values() for name in pair):
+            path = next((folder / (stem + ext) for ext in ("", ".gz") if (folder / (stem + ext)).is_file()), None)
+            if path is None:
+                return None
+            found[stem] = path
+        return found
+
+    def _locate(self) -> dict[str, Path]:
+        for folder in self.candidates():
+            files = self._files_in(folder)
+            if files:
+                return files
+        looked = " and ".join(str(f.resolve()) for f in self.candidates())
+        advice = (f"Fashion-MNIST was not found: looked for its four IDX files (train-images-idx3-ubyte[.gz], ...) "
+                  f"in {looked}. Install Debian's package (apt-get install dataset-fashion-mnist, into "
+                  f"{FASHION_MNIST_DEBIAN}), let torchvision download it on a machine with internet "
+                  "(dataset.download=true, into dataset.data_dir), set dataset.root to the folder holding the "
+                  "files, or run on the bundled digits instead: python run.py dataset=digits")
+        if not self.download or self.root is not None:
+            raise DataError(advice + ("" if self.root is not None else " (downloading is off: dataset.download=false)."))
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(self.data_dir, train=True, download=True)
+        except Exception as err:  # offline: URLError, timeouts, ...
+            raise DataError(f"{advice}. Downloading it failed ({type(err).__name__}: {err}).") from None
+        files = self._files_in(Path(self.data_dir) / "FashionMNIST" / "raw")
+        if not files:
+            raise DataError(advice + " (torchvision's download left no IDX files).")
+        return files
+
+    def prepare_data(self) -> None:
+        self._locate()
+
+    def _images(self, part: str, files: dict[str, Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = (read_idx(files[stem]) for stem in _IDX_FILES[part])
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels) or int(labels.max()) >= 10:
+            raise DataError(f"Fashion-MNIST's {part} files do not match: images {tuple(images.shape)}, labels "
+                            f"{tuple(labels.shape)} (expected N x H x W images, N labels in [0, 10)).")
+        x = images.unsqueeze(1).float() / 255.0
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).repeat(1, self.in_channels, 1, 1)
+        return x, labels.long()
+
+    def load(self):
+        files = self._locate()
+        x, y = self._images("train", files)
+        if self.train_size is not None and self.train_size < len(y):
+            keep = seeded_subset(y, self.train_size, self.seed)
+            x, y = x[keep], y[keep]
+        test = TransformedTensors(*self._images("test", files))
+        self._plain = TransformedTensors(x, y)
+        return TransformedTensors(x, y, augment=self.augment), None, test
+
+    def load_plain_train(self):
+        return self._plain if self.augment else None
 
 
 class CIFARDataModule(ImageDataModule):

@@ -18,6 +18,7 @@ from omegaconf import open_dict
 
 from pfa_lightning.experiments.runner import run
 from tests.helpers.fake_cifar import write_fake_cifar
+from tests.helpers.fake_idx import write_fake_fashion_mnist
 from tests.helpers.wandb_reader import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +84,8 @@ def test_every_option_and_preset_runs_a_few_batches(overrides, tmp_path, fake_ci
         setup.append("logger=none")
     if cifar:
         setup += [f"dataset.data_dir={fake_cifar_dir}", "dataset.download=false", "dataset.num_workers=0"]
+    elif "fashion_mnist" in chosen:
+        setup.append(f"dataset.root={write_fake_fashion_mnist(tmp_path / 'fashion', n_train=64, n_test=32)}")
     elif "dataset=" not in chosen:
         setup += ["dataset=synthetic", "dataset.num_samples=64"]
     elif "synthetic" in chosen:
