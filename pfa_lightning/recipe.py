@@ -264,10 +264,10 @@ def make_recipe(
                 )
         members = [stats[p].select(space.index_map[p]) for p in space.producers]
         spectrum = Spectrum(space.root, pooled_covariance(members), min(s.num_samples for s in members))
-        small = [stats[p] for p in space.producers if stats[p].num_samples <= space.width]
-        for s in small:
-            warn_small(s)
-        spectrum.frozen = bool(small)
+        for s in (stats[p] for p in space.producers if stats[p].num_samples <= space.width):
+            warn_small(s, frozen=s.num_samples < space.width)
+        # DNIKit's rule: a space is analysed with as many samples as units, kept whole with fewer
+        spectrum.frozen = any(stats[p].num_samples < space.width for p in space.producers)
         spectrum.step = space.step(round_to)
         spectra.append(spectrum)
         spaces.append(space)
