@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pfa_lightning.graph import ModelGraph, module_width
-from pfa_lightning.nested import clone_inputs, run_model
+from pfa_lightning.nested import call_arguments, clone_inputs, run_model
 from pfa_lightning.pruning import count_timm_attention, tp
 
 METRICS = ("params", "flops")
@@ -30,6 +30,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     inputs = clone_inputs(example_inputs, 1)
     count_timm_attention()
     # the counter calls model(*inputs) for a tuple: wrap a lone tensor so it is not unpacked into rows
+    inputs = call_arguments(model, inputs)
     flops, _ = tp.utils.count_ops_and_params(model, (inputs,) if not isinstance(inputs, (tuple, list, dict)) else inputs)
     return int(flops)
 

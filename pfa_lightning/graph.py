@@ -71,6 +71,8 @@ class ChannelSpace:
     groups: int = 1
     # the channels pass through a reshape -> permute -> reshape run (see reshapes.py): left whole
     fenced: bool = False
+    # a layer touched by a cut of these channels shares a parameter with another (weight tying): left whole
+    tied: tuple[str, ...] = ()
 
     @property
     def coupled(self) -> bool:
@@ -179,11 +181,75 @@ class ModelGraph:
         finally:
             state.restore_training_flags()
         self._used = False
+        self._example = clone_inputs(example_inputs, 2)
+
+    @cached_property
+    def custom_readers(self) -> dict[str, list[str]]:
+        """For each Conv/Linear/norm/PReLU output, the user-defined leaf modules (not torch's) that read it,
+        as ``"name (Class)"``: a custom activation module (e.g. ``x * sigmoid(1.702 x)``) whose operations
+        PFA cannot recognise as one non-linearity. Found by one forward pass with hooks."""
+        produced: dict[int, str] = {}
+        readers: dict[str, list[str]] = {}
+        alive: list[torch.Tensor] = []  # keeps every hooked tensor alive, so no id() is reused during the pass
+
+        def remember(name: str):
+            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+                if isinstance(output, torch.Tensor):
+                    produced[id(output)] = name
+                    alive.append(output)
+            return hook
+
+        def read(name: str):
+            def hook(module: nn.Module, inputs: Any) -> None:
+                map_nested(inputs, lambda t: readers.setdefault(produced[id(t)], []).append(
+                    f"{name} ({type(module).__name__})") if id(t) in produced else None)
+            return hook
+
+        hooks = []
+        for name, module in self.model.named_modules():
+            if isinstance(module, (*PRUNABLE_TYPES, *_NORM_TYPES, nn.PReLU)):
+                hooks.append(module.register_forward_hook(remember(name)))
+            elif not any(True for _ in module.children()) and not type(module).__module__.startswith("torch."):
+                hooks.append(module.register_forward_pre_hook(read(name)))
+        try:
+            with torch.no_grad(), evaluating(self.model):
+                run_model(self.model, self._example)
+        except Exception:  # the trace worked on these inputs: a failure here only costs the warning
+            return {}
+        finally:
+            for h in hooks:
+                h.remove()
+        return readers
 
     @cached_property
     def spaces(self) -> list[ChannelSpace]:
         """The channel spaces, found on first use (a graph built only to cut does not need them)."""
         return self._find_spaces()
+
+    @cached_property
+    def tied_parameters(self) -> dict[nn.Module, list[str]]:
+        """Modules holding a parameter that another module (or another name) holds too — weight tying, as
+        in a language model whose output layer reuses the embedding — with every name of those parameters.
+        Parameters sharing storage count as tied as well."""
+        holders: dict[tuple[int, int], list[tuple[nn.Module, str]]] = {}
+        for module_name, module in self.model.named_modules(remove_duplicate=False):
+            for param_name, param in module._parameters.items():
+                if param is None:
+                    continue
+                key = (param.untyped_storage().data_ptr(), param.storage_offset()) if param.numel() else (id(param), -1)
+                holders.setdefault(key, []).append((module, f"{module_name}.{param_name}".lstrip(".")))
+        tied: dict[nn.Module, list[str]] = {}
+        for entries in holders.values():
+            if len(entries) > 1:
+                names = sorted({n for _, n in entries})
+                for module, _ in entries:
+                    tied[module] = names
+        return tied
+
+    @property
+    def tied(self) -> list[str]:
+        """Parameters shared between layers whose channels PFA would cut: those channels are left whole."""
+        return sorted({name for space in self.spaces for name in space.tied})
 
     @property
     def fenced(self) -> list[str]:
@@ -209,9 +275,13 @@ class ModelGraph:
             maps: dict[nn.Module, dict[int, int]] = {}
             reaches_output = fenced = False
             groups = 1
+            tied: set[str] = set()
             for item in group:
                 dep = item.dep
                 module = dep.target.module
+                if module in self.tied_parameters:  # a cut would replace one holder's parameter: untied
+                    tied.update(self.tied_parameters[module])
+                    reaches_output = True
                 is_out = self.dg.is_out_channel_pruning_fn(dep.handler)
                 if is_out and isinstance(module, PRUNABLE_TYPES):
                     maps.setdefault(module, {}).update(zip(item.root_idxs, item.idxs))
@@ -233,7 +303,8 @@ class ModelGraph:
             names = [self._names[m] for m in producers]
             root = self._names[layer]
             names.remove(root)
-            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups, fenced))
+            spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups, fenced,
+                                       tuple(sorted(tied))))
         return spaces
 
     def spaces_of(self, layer_name: str) -> list[ChannelSpace]:
@@ -273,6 +344,8 @@ class ModelGraph:
             else:
                 unrecognised = unknown_activation(nxt.grad_fn)
             break
+        if not nonlinear and not unrecognised:  # a module of the user's own may hide a non-linearity
+            unrecognised = ", ".join(self.custom_readers.get(self._names[hook], []))
         unit_dim = -1 if isinstance(layer, nn.Linear) else 1
         description = " -> ".join(chain)
         if unrecognised:

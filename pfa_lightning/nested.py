@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -73,8 +74,37 @@ def model_inputs(batches: Iterable[Any], max_samples: int | None,
             return
 
 
+def takes_one_dict(model: torch.nn.Module, inputs: Any) -> bool:
+    """Whether a dict of inputs goes to ``model`` as its one argument (``forward(self, batch)``) rather than
+    as keywords: its ``forward`` has one required positional parameter, and the dict's keys are not all
+    among its parameters (nor does it take ``**kwargs``)."""
+    if not isinstance(inputs, dict):
+        return False
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return False
+    if set(inputs) <= {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}:
+        return False
+    positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in parameters if p.default is inspect.Parameter.empty
+                and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    return bool(positional) and len(required) <= 1 and all(p is positional[0] for p in required)
+
+
+def call_arguments(model: torch.nn.Module, inputs: Any) -> Any:
+    """``inputs`` in the form Torch-Pruning unpacks (dicts as keywords, tuples/lists as positionals): a dict
+    that ``model`` takes whole (see :func:`takes_one_dict`) is wrapped in a 1-tuple."""
+    return (inputs,) if takes_one_dict(model, inputs) else inputs
+
+
 def run_model(model: torch.nn.Module, inputs: Any) -> Any:
-    """Call ``model`` the way Torch-Pruning does: dicts as keywords, tuples/lists as positionals."""
+    """Call ``model`` the way Torch-Pruning does: dicts as keywords, tuples/lists as positionals; a dict goes
+    whole to a ``forward`` that takes one argument."""
+    inputs = call_arguments(model, inputs)
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (list, tuple)):
@@ -98,4 +128,5 @@ def first_input(batch: Any) -> Any:
     )
 
 
-__all__ = ["batch_size", "clone_inputs", "first_input", "map_nested", "model_inputs", "run_model", "tensors_in"]
+__all__ = ["batch_size", "call_arguments", "clone_inputs", "first_input", "map_nested", "model_inputs", "run_model",
+           "takes_one_dict", "tensors_in"]

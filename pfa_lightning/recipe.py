@@ -13,7 +13,7 @@ from torch import nn
 from pfa_lightning.activations import UNKNOWN_NOTE
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.graph import ModelGraph, module_width, uncuttable_spaces
+from pfa_lightning.graph import ChannelSpace, ModelGraph, module_width, uncuttable_spaces
 from pfa_lightning.nested import map_nested
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
 from pfa_lightning.spectrum import Spectrum
@@ -233,6 +233,9 @@ def make_recipe(
         named = ", ".join(graph.fenced[:6]) + (f" and {len(graph.fenced) - 6} more" if len(graph.fenced) > 6 else "")
         warnings.warn(f"The channels of {named} pass through a reshape -> permute -> reshape (e.g. a channel "
                       "shuffle), which Torch-Pruning cannot map: they are left whole.", stacklevel=2)
+    if graph.tied:
+        warnings.warn(f"Parameters {', '.join(graph.tied)} are shared (weight tying): cutting the channels they read "
+                      "or write would untie them, so those channels are left whole.", stacklevel=2)
     candidates = []
     for space in graph.spaces:
         if space.reaches_output:
@@ -296,8 +299,11 @@ def make_recipe(
             groups, diagnostics = info.setdefault(p, ([], {}))
             groups.append(space.root)
             if not diagnostics:
+                starved = not sp.frozen and k < STARVED_UNITS <= space.width
+                note = "too few samples: kept whole" if sp.frozen else f"only {k} kept" if starved else ""
                 diagnostics.update({"inactive": len(sp.inactive), "samples": sp.num_samples, **diag,
-                                    **({"note": "too few samples: kept whole"} if sp.frozen else {})})
+                                    **({"note": note} if note else {})})
+    warn_degenerate(spaces, decision.counts, spectra, strategy)
     layers: list[LayerRecipe] = []
     for p in (n for n, _ in model.named_modules() if n in removed):
         width = module_width(model.get_submodule(p))
@@ -309,6 +315,27 @@ def make_recipe(
     return Recipe(layers, strategy.to_dict(), selection_name(chooser), _plain(decision.summary))
 
 
+STARVED_UNITS = 4  # a layer of at least this many units cut below it is left with "a handful"
+TINY_FRACTION = 0.1  # a decision keeping less than this fraction of the analysed units is suspicious
+
+
+def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list[Spectrum], strategy: Strategy) -> None:
+    """Warn when a decision leaves layers with a handful of units, or (a strategy that was not given a size)
+    keeps a tiny fraction of all the analysed units: the network would be near chance before fine-tuning."""
+    starved = [f"{space.root} ({k} of {space.width})" for space, k, sp in zip(spaces, counts, spectra)
+               if not sp.frozen and k < STARVED_UNITS <= space.width]
+    if starved:
+        shown = ", ".join(starved[:6]) + (f" and {len(starved) - 6} more" if len(starved) > 6 else "")
+        warnings.warn(f"The recipe leaves {len(starved)} layer(s) with fewer than {STARVED_UNITS} units: {shown}. "
+                      "Check the spectra; a milder strategy (a higher energy threshold, PFA-KL, or a Footprint "
+                      "ratio) or `min_units` keeps more.", stacklevel=3)
+    total, kept = sum(s.width for s in spaces), sum(counts)
+    if strategy.probe_metric is None and total and kept < TINY_FRACTION * total:
+        warnings.warn(f"The recipe keeps {kept} of {total} analysed units ({100 * kept / total:.1f}%) with "
+                      f"{strategy!r}: the compressed network will be a tiny fraction of the original. State the "
+                      "size you want with Footprint(ratio) if that is not intended.", stacklevel=3)
+
+
 def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
     """Descending eigenvalues of every layer's response covariance (for plots)."""
     out = {}
@@ -317,4 +344,4 @@ def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "legal_width", "make_recipe", "spectra_of"]
+__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "legal_width", "make_recipe", "spectra_of", "warn_degenerate"]

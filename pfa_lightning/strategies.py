@@ -185,7 +185,7 @@ class Footprint(Strategy):
         >>> Footprint(0.25, allocation="energy")   # the paper's allocation
     """
 
-    ratio: float = 0.5
+    ratio: float | None = None
     metric: str = "params"
     allocation: str = "kl"
     name: ClassVar[str] = "footprint"
@@ -195,6 +195,10 @@ class Footprint(Strategy):
         return self.metric
 
     def __post_init__(self) -> None:
+        if self.ratio is None:  # no silent default: the budget is the user's decision
+            raise PFAError("Footprint needs `ratio`: the fraction of the network's parameters (metric='params') or "
+                           "FLOPs (metric='flops') to keep, in (0, 1], e.g. Footprint(0.25) or "
+                           "PFACallback('footprint', ratio=0.25).")
         object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
         check_choice("metric", self.metric, METRICS)
         check_choice("allocation", self.allocation, ALLOCATIONS)

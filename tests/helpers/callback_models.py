@@ -126,6 +126,34 @@ class NoForward(_Classifier):
         pass
 
 
+class TiedLM(pl.LightningModule):
+    """A tiny language model whose output layer reuses the embedding's weight (weight tying)."""
+
+    def __init__(self, vocab: int = 40, dim: int = 16, hidden: int = 32) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.emb = nn.Embedding(vocab, dim)
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU())
+        self.dec = nn.Linear(dim, vocab)
+        self.dec.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.dec(self.body(self.emb(tokens)))
+
+    def training_step(self, batch, batch_idx):
+        tokens, targets = batch
+        return F.cross_entropy(self(tokens).flatten(0, 1), targets.flatten())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def token_loader(n: int = 128, length: int = 6, vocab: int = 40) -> DataLoader:
+    """Sequences whose next token is the current one plus one (mod vocab): learnable."""
+    tokens = torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(0))
+    return DataLoader(TensorDataset(tokens, (tokens + 1) % vocab), batch_size=32)
+
+
 def quiet_trainer(**kwargs) -> pl.Trainer:
     """A CPU Trainer without progress bars or summaries; checkpoints only if asked."""
     options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

@@ -1,0 +1,144 @@
+"""Edges where a user could get a silently wrong result (issue 20): weight tying, dict inputs, degenerate recipes."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import pytest
+import torch
+from rich.console import Console
+
+import pfa_lightning as pfa
+from pfa_lightning import PFACallback
+from tests.callback.test_callback import run_python
+from tests.helpers.callback_models import TiedLM, quiet_trainer, token_loader
+
+
+def test_a_tied_embedding_language_model_stays_tied_through_a_fit_and_load_compressed(tmp_path):
+    module = TiedLM()
+    callback = PFACallback("energy", threshold=0.6, compress_at=[1], verbose=False)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[callback])
+    with pytest.warns(UserWarning, match=r"Parameters dec\.weight, emb\.weight are shared \(weight tying\)"):
+        trainer.fit(module, token_loader())
+    assert module.dec.weight is module.emb.weight
+    assert module.body[0].out_features < 32  # the hidden layer was cut
+    assert module.body[2].out_features == 16  # the tied space was left whole
+    ckpt = tmp_path / "lm.ckpt"
+    trainer.save_checkpoint(ckpt)
+    tokens = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(1))
+    module.eval()
+    with torch.no_grad():
+        expected = module(tokens)
+    torch.save({"tokens": tokens, "expected": expected}, tmp_path / "io.pt")
+    script = f"""
+import json, torch
+from pfa_lightning import load_compressed
+from tests.helpers.callback_models import TiedLM
+m = load_compressed(TiedLM, {str(ckpt)!r}).eval()
+io = torch.load({str(tmp_path / 'io.pt')!r})
+with torch.no_grad():
+    out = m(io["tokens"])
+print(json.dumps({{"tied": m.dec.weight is m.emb.weight, "hidden": m.body[0].out_features,
+                  "equal": bool(torch.allclose(out, io["expected"], atol=1e-6))}}))
+"""
+    result = json.loads(run_python(["-c", script]).stdout.strip().splitlines()[-1])
+    assert result == {"tied": True, "hidden": module.body[0].out_features, "equal": True}
+
+
+def test_tied_parameters_are_found_by_storage_too():
+    module = TiedLM()
+    module.dec.weight = torch.nn.Parameter(module.emb.weight.data)  # another Parameter, the same storage
+    x = torch.randint(0, 40, (64, 6))
+    stats = pfa.collect_responses(module, [x], progress=False)
+    with pytest.warns(UserWarning, match="weight tying"):
+        recipe = pfa.make_recipe(module, stats, pfa.Energy(0.6), example_inputs=x[:2])
+    assert "body.2" not in [layer.name for layer in recipe.layers]
+
+
+class DictNet(torch.nn.Module):
+    """A model whose forward takes one dict (as many multi-input models do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, batch):
+        x = torch.relu(self.conv(batch["image"]))
+        return self.head(x.mean((2, 3)) * batch["scale"][:, None])
+
+
+def test_a_model_whose_forward_takes_one_dict_is_called_with_it():
+    net = DictNet()
+    data = [({"image": torch.randn(32, 3, 8, 8), "scale": torch.ones(32)}, torch.zeros(32, dtype=torch.long))
+            for _ in range(2)]
+    stats = pfa.collect_responses(net, data, progress=False)
+    example = data[0][0]
+    recipe = pfa.make_recipe(net, stats, pfa.Footprint(0.5), example_inputs=example)
+    assert pfa.count_flops(net, example) > 0
+    pfa.apply_recipe(net, recipe, example_inputs=example)
+    assert net.conv.out_channels < 8 and net(example).shape == (32, 4)
+
+
+def test_keyword_inputs_still_go_as_keywords():
+    from pfa_lightning.nested import takes_one_dict
+
+    class Keywords(torch.nn.Module):
+        def forward(self, image, mask=None):
+            return image
+
+    class Batch(torch.nn.Module):
+        def forward(self, batch, flag: bool = False):
+            return batch
+
+    assert not takes_one_dict(Keywords(), {"image": 1, "mask": 2})
+    assert takes_one_dict(Batch(), {"image": 1})
+    assert not takes_one_dict(Batch(), {"batch": 1})  # the dict's keys name the parameters: keywords
+
+
+class QuickGELU(torch.nn.Module):
+    """CLIP's activation: a module of the user's own that PFA cannot recognise as one non-linearity."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+def test_a_custom_activation_module_is_named_in_a_warning_and_the_table():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), QuickGELU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 2))
+    x = torch.randn(64, 6)
+    with pytest.warns(UserWarning, match=r"PFA reads the responses of 0 \(1 \(QuickGELU\)\) before an activation it "
+                                         r"does not know"):
+        stats = pfa.collect_responses(net, [x], progress=False)
+    assert "read before 1 (QuickGELU)" in stats["0"].response and "no non-linearity" not in stats["0"].response
+    assert stats["2"].response == "2 -> ReLU"  # a known activation is applied, no warning about it
+    recipe = pfa.make_recipe(net, stats, pfa.Energy(0.9), example_inputs=x[:2])
+    console = Console(width=200, file=io.StringIO(), record=True)
+    console.print(recipe.table())
+    assert "read before its activation" in console.export_text()
+
+
+def test_a_footprint_needs_its_ratio():
+    with pytest.raises(pfa.PFAError, match=r"Footprint needs `ratio`"):
+        PFACallback("footprint", compress_at=1)
+    with pytest.raises(pfa.PFAError, match=r"Footprint needs `ratio`"):
+        pfa.Footprint(metric="flops")
+
+
+def test_a_recipe_that_starves_layers_warns_and_says_so_in_the_table():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 2))
+    x = torch.randn(256, 4)  # 4 input dimensions: the 32-unit layers' responses span ~4 directions
+    stats = pfa.collect_responses(net, [x], progress=False)
+    with pytest.warns(UserWarning) as caught:
+        recipe = pfa.make_recipe(net, stats, pfa.Energy(0.5), example_inputs=x[:2])
+    messages = " ".join(str(w.message) for w in caught)
+    assert "with fewer than 4 units: 0 (" in messages and "of 32)" in messages
+    assert "analysed units" in messages and "Footprint(ratio)" in messages
+    assert recipe["0"].diagnostics["note"] == f"only {recipe['0'].kept} kept"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a milder decision is quiet
+        pfa.make_recipe(net, stats, pfa.Energy(0.999), example_inputs=x[:2])
