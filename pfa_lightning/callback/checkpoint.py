@@ -3,6 +3,7 @@ architecture from a checkpoint, and :func:`load_compressed`."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from torch import nn
 
 from pfa_lightning.callback.namespace import lightning_module_classes
 from pfa_lightning.errors import PFAError
-from pfa_lightning.files import load_plain, refused_as_unsafe
+from pfa_lightning.files import first_line, load_plain, not_a_torch_file, refused_as_unsafe, truncated_torch_file
 from pfa_lightning.graph import module_width
 from pfa_lightning.nested import map_nested
 from pfa_lightning.recipe import Recipe
@@ -145,20 +146,32 @@ def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: b
     """``path`` if it is a readable Lightning checkpoint (with a ``state_dict``; to ``resume`` a fit, also its
     ``epoch`` and ``global_step``); else one PFAError naming the setting ``name`` and what the file holds
     (Lightning's own failure on a truncated or foreign file is a long traceback). Read with
-    ``weights_only=True``: a file that needs more, and a remote one (``s3://...``), are left to Lightning."""
+    ``weights_only=True``: a real checkpoint holding objects that refuses (a pickled class), and a remote file
+    (``s3://...``), are left to Lightning; bytes torch.save did not write are refused before torch reads them
+    (torch calls them a weights_only refusal too, and advises weights_only=False)."""
     if "://" in str(path):
         return str(path)
     file = Path(str(path))
     if not file.is_file():
         raise PFAError(f"`{name}` {str(file)!r} is not a file (a Lightning checkpoint, e.g. a run's checkpoints/last.ckpt).")
+    try:
+        foreign = not_a_torch_file(file)
+    except OSError as err:
+        raise PFAError(f"`{name}` {str(file)!r} cannot be read ({first_line(err)}).") from None
+    if foreign is not None:
+        raise PFAError(f"`{name}` {str(file)!r} is not a PyTorch checkpoint ({foreign}; torch.save writes a zip "
+                       "archive with a data.pkl record).")
+    if truncated_torch_file(file):
+        raise PFAError(f"`{name}` {str(file)!r} cannot be read as a PyTorch checkpoint (truncated or not a "
+                       "checkpoint: it starts as torch.save's zip archive but its end, the archive's directory, is "
+                       "missing).")
     try:  # memory-mapped where the format allows it: reading the keys does not load the tensors
         checkpoint = load_plain(file)
     except Exception as err:  # noqa: BLE001 - any failure to read it is the same user error
-        if refused_as_unsafe(err):
+        if refused_as_unsafe(err, file):
             return str(file)  # readable, but holds objects weights_only refuses: Lightning decides
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise PFAError(f"`{name}` {str(file)!r} cannot be read as a PyTorch checkpoint (truncated or not a "
-                       f"checkpoint: {reason}).") from None
+                       f"checkpoint: {first_line(err)}).") from None
     keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else []
     if not ({"state_dict", "epoch", "global_step"} if resume else {"state_dict"}) <= set(keys):
         what = f"a dict with keys {keys[:8]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
@@ -175,6 +188,17 @@ def check_module_class(cls: Any, name: str = "module_class", shown: Any = None) 
     return cls
 
 
+class CheckpointMismatch(PFAError):
+    """A checkpoint's hyperparameters do not build ``module_class``, or its weights do not load into it: most
+    likely a checkpoint of another LightningModule. ``part`` (``"hyperparameters"`` or ``"weights"``) and
+    ``detail`` (the failure, one line) let a caller word its own advice (``pfa-export`` suggests ``--module``)."""
+
+    def __init__(self, module_class: type, checkpoint: str, part: str, detail: str) -> None:
+        self.part, self.detail = part, detail
+        super().__init__(f"The {part} in checkpoint {checkpoint} do not fit {module_class.__qualname__} ({detail}): "
+                         "load it with the LightningModule class that wrote it.")
+
+
 def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any, **kwargs: Any) -> pl.LightningModule:
     """Build ``module_class``, replay the checkpoint's compressions, load the weights; in eval mode.
 
@@ -187,26 +211,79 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
         >>> model(x)
 
     Raises:
-        PFAError: ``checkpoint_path`` is not a readable Lightning checkpoint, or its compressions do not fit
-            the module built by ``module_class``.
+        PFAError: ``checkpoint_path`` is not a readable Lightning checkpoint, or does not fit ``module_class``: its
+            hyperparameters do not build it (:class:`CheckpointMismatch`), its compressions name other layers, or
+            its weights have other names or shapes (:class:`CheckpointMismatch`).
     """
     check_module_class(module_class)
     if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
         check_checkpoint_file(checkpoint_path)
+    stage = ["read"]  # -> "build" (the class's __new__) -> "restore" (its on_load_checkpoint) -> "weights"
+
+    def __new__(cls: type, *args: Any, **init_kwargs: Any) -> Any:
+        stage[0] = "build"
+        parent = super(rebuilding, cls).__new__
+        return parent(cls) if parent is object.__new__ else parent(cls, *args, **init_kwargs)
 
     def on_load_checkpoint(self: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        stage[0] = "restore"
         restore_architecture(self, checkpoint)
         module_class.on_load_checkpoint(self, checkpoint)
+        stage[0] = "weights"
 
-    # A throwaway subclass rebuilds the architecture in the hook Lightning calls before the weights load.
+    # A throwaway subclass rebuilds the architecture in the hook Lightning calls before the weights load, and marks
+    # when the class is built (its __new__), to tell a class the hyperparameters do not fit from a file Lightning
+    # cannot read.
     rebuilding = type(module_class.__name__, (module_class,), {
-        "on_load_checkpoint": on_load_checkpoint, "__module__": module_class.__module__,
+        "__new__": __new__, "on_load_checkpoint": on_load_checkpoint, "__module__": module_class.__module__,
         "__qualname__": module_class.__qualname__,
     })
-    model = rebuilding.load_from_checkpoint(checkpoint_path, **kwargs)
+    try:
+        model = rebuilding.load_from_checkpoint(checkpoint_path, **kwargs)
+    except CheckpointMismatch:
+        raise
+    except (PFAError, TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError) as err:
+        shown = repr(str(checkpoint_path)) if isinstance(checkpoint_path, (str, os.PathLike)) else "(a file object)"
+        if stage[0] == "build":
+            raise CheckpointMismatch(module_class, shown, "hyperparameters",
+                                     _unfit_hyperparameters(module_class, checkpoint_path, err, kwargs)) from err
+        if stage[0] == "weights" and not isinstance(err, PFAError):
+            raise CheckpointMismatch(module_class, shown, "weights", _state_dict_error(err)) from err
+        raise
     model.__class__ = module_class
     return model.eval()
 
 
-__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "RestoreHook", "already_applied", "check_checkpoint_file", "check_module_class", "check_not_behind",
+def _unfit_hyperparameters(module_class: type, checkpoint_path: Any, err: BaseException, overrides: dict[str, Any]) -> str:
+    """Why ``module_class`` could not be built from the checkpoint's hyperparameters, in one line: the error, the
+    saved names its ``__init__`` does not take (Lightning drops those silently), the caller's overrides."""
+    cause = str(err.args[0]).rstrip(".") if isinstance(err, PFAError) and err.args else first_line(err)
+    parts = [f"building it from them fails: {cause}"]
+    if isinstance(checkpoint_path, (str, os.PathLike)):
+        try:
+            saved = load_plain(checkpoint_path).get(module_class.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+        except Exception:  # noqa: BLE001 - only a hint; Lightning read the file (it may hold more than plain values)
+            saved = {}
+        parameters = inspect.signature(module_class.__init__).parameters
+        if isinstance(saved, dict) and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            unknown = [str(k) for k in saved if k not in parameters]
+            if unknown:
+                more = f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
+                parts.append(f"its __init__ takes no {', '.join(unknown[:6])}{more}")
+    overridden = [k for k in overrides if k not in ("map_location", "hparams_file", "strict", "weights_only")]
+    if overridden:
+        parts.append(f"with your overrides of {', '.join(overridden)}")
+    return "; ".join(parts)
+
+
+def _state_dict_error(err: BaseException) -> str:
+    """The first of torch's load_state_dict complaints (its message opens with a header line), shortened."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        detail = lines[1]
+        return detail if len(detail) <= 200 else detail[:197] + "..."
+    return first_line(err)
+
+
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "CheckpointMismatch", "RestoreHook", "already_applied", "check_checkpoint_file", "check_module_class", "check_not_behind",
            "input_spec", "inputs_from_spec", "load_compressed", "restore_architecture"]
