@@ -1,7 +1,7 @@
 """Export a (compressed) network to ONNX, TorchScript or a ``torch.export`` program, checked before it is kept.
 
 The batch dimension stays dynamic, the file is written atomically (a temporary file in the same
-directory, renamed into place), and by default the written file is loaded back — ONNX Runtime on the
+directory, renamed into place; through a symbolic link, next to its target and renamed over the target), and by default the written file is loaded back — ONNX Runtime on the
 CPU, ``torch.jit.load``, ``torch.export.load`` — and its outputs compared with the PyTorch model's on
 the exported batch size and on two others. An export that fails, or differs by more than the
 tolerance, leaves nothing at the output path (and an older file there untouched).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,8 +33,13 @@ from pfa_lightning.validation import check_bool, check_choice, fail
 EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 ONNX_MAX_BYTES = 2 * 1024**3  # protobuf's limit for one self-contained .onnx file
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".torchscript", ".ts"), "exported-program": (".pt2",)}
 
 Runner = Callable[[Tensor], list[Tensor]]  # a loaded export: input batch -> its outputs, flattened
+
+
+class ExportSuffixWarning(UserWarning):
+    """The output file's name ends in a suffix other than its format's (e.g. ``model.pt`` for ONNX)."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,17 @@ def export_model(model: nn.Module, example_inputs: Tensor, output: str | os.Path
     output tensor ``max |exported - pytorch| <= atol + rtol * max |pytorch|`` (float32 kernels sum in
     another order: the rounding error grows with the outputs' scale, not with each element's size).
 
+    ``output`` may be a symbolic link: the file it points to is replaced (the link stays). A name whose
+    suffix is not the format's (:data:`SUFFIXES`) gets an :class:`ExportSuffixWarning`.
+
     Example:
         >>> report = export_model(model, torch.randn(8, 3, 32, 32), "model.onnx")
         >>> report.batch_sizes, report.max_abs_diff
         ((1, 8, 11), 1.2e-06)
 
     Raises:
-        PFAError: a bad ``format``, example or tolerance; an output path in a missing directory; the
+        PFAError: a bad ``format``, example or tolerance; an output path in a missing directory, or one that
+            exists and is not a regular file (a directory, a device, a FIFO, a socket: left untouched); the
             ONNX packages missing (``pip install "pfa_lightning[export]"``); a model that cannot be
             exported with a dynamic batch size; or a written file whose outputs differ from the model's.
     """
@@ -84,12 +94,15 @@ def export_model(model: nn.Module, example_inputs: Tensor, output: str | os.Path
     check_bool("check", check)
     _check_tolerance("atol", atol)
     _check_tolerance("rtol", rtol)
+    target = check_output(output)
+    output = Path(output)
+    if note := suffix_mismatch(output, format):
+        warnings.warn(note, ExportSuffixWarning, stacklevel=2)
     example = _example_batch(example_inputs).to(model_device(model))
-    output = _check_output(output)
     if format == "onnx":
         _require_onnx(check)
         _check_onnx_size(model)
-    temporary = _temporary_path(output, format)
+    temporary = _temporary_path(target, format)
     batches = sorted({1, len(example), len(example) + 3})
     try:
         with evaluating(model), torch.no_grad():
@@ -97,7 +110,7 @@ def export_model(model: nn.Module, example_inputs: Tensor, output: str | os.Path
             _EXPORTERS[format](model, example, temporary)
             worst = _compare(model, _LOADERS[format](temporary, model_device(model)), example, batches, format,
                              atol, rtol) if check else None
-        os.replace(temporary, output)
+        os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
     return ExportReport(format=format, path=output, bytes=output.stat().st_size, params=count_params(model),
@@ -119,15 +132,50 @@ def _example_batch(example_inputs: Any) -> Tensor:
     return x.repeat(2, *[1] * (x.dim() - 1)) if len(x) == 1 else x
 
 
-def _check_output(output: Any) -> Path:
+def check_output(output: Any) -> Path:
+    """The regular file an export to ``output`` replaces or creates: ``output`` itself, or the file a symbolic link
+    there points to (the link stays a link). One PFAError, leaving the path untouched, for an existing directory,
+    device, FIFO or socket, a link loop, or a missing directory."""
     if not isinstance(output, (str, os.PathLike)) or not str(output):
         raise fail("output", "a file path", output)
     path = Path(output)
-    if path.is_dir():
-        raise fail("output", "a file path, not a directory", str(path))
-    if not path.parent.is_dir():
-        raise PFAError(f"`output` {str(path)!r}: its directory {str(path.parent)!r} does not exist.")
-    return path
+    target = path
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=False)
+        except (OSError, RuntimeError) as err:  # a loop of links
+            raise PFAError(f"`output` {str(path)!r} is a symbolic link that resolves to no file ({err}).") from None
+    shown = repr(str(path)) if target == path else f"{str(path)!r} (a link to {str(target)!r})"
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        raise PFAError(f"`output` {shown} cannot be examined ({err}).") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise PFAError(f"`output` {shown} is {_file_kind(mode)}, not a regular file: give the path of a file to "
+                       "write (a regular file there is replaced).")
+    if not target.parent.is_dir():
+        raise PFAError(f"`output` {shown}: its directory {str(target.parent)!r} does not exist.")
+    return target
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def suffix_mismatch(output: str | os.PathLike, format: str) -> str | None:
+    """A one-line note when ``output``'s suffix is not one of ``format``'s (:data:`SUFFIXES`), else None."""
+    suffix = Path(output).suffix
+    if suffix.lower() in SUFFIXES[format]:
+        return None
+    found = f"ends in {suffix}" if suffix else "has no suffix"
+    return f"`output` {str(output)!r} {found}, but it will hold {format}: name it *{' or *'.join(SUFFIXES[format])}."
 
 
 def _run_example(model: nn.Module, example: Tensor) -> None:
@@ -294,4 +342,5 @@ def _compare(model: nn.Module, exported: Runner, example: Tensor, batches: list[
     return worst
 
 
-__all__ = ["EXPORT_FORMATS", "ExportReport", "export_model", "random_batch"]
+__all__ = ["EXPORT_FORMATS", "SUFFIXES", "ExportReport", "ExportSuffixWarning", "check_output", "export_model",
+           "random_batch", "suffix_mismatch"]

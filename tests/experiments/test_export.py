@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from pfa_lightning import PFACallback, PFAError, load_compressed
 from pfa_lightning import export as export_module
 from pfa_lightning.experiments.export_command import main
 from pfa_lightning.experiments.module import ImageClassifier
-from pfa_lightning.export import EXPORT_FORMATS, export_model
+from pfa_lightning.export import EXPORT_FORMATS, SUFFIXES, ExportSuffixWarning, export_model, suffix_mismatch
 from tests.helpers.callback_models import ResidualNet, loaders, quiet_trainer
 
 onnx = pytest.importorskip("onnx")
@@ -289,6 +291,57 @@ def test_bad_arguments(kwargs, match, tmp_path):
     arguments = {"model": nn.Linear(4, 2), "example_inputs": torch.randn(2, 4), "output": tmp_path / "model.onnx"}
     with pytest.raises(PFAError, match=match):
         export_model(**(arguments | kwargs))
+
+
+def test_an_output_through_a_symbolic_link_replaces_its_target_and_stays_a_link(tmp_path, tmp_path_factory):
+    shared = tmp_path_factory.mktemp("shared") / "model.onnx"
+    shared.write_bytes(b"the old model")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(shared)
+    model = nn.Linear(4, 2)
+    report = export_model(model, torch.randn(2, 4), link)
+    assert link.is_symlink() and link.resolve() == shared.resolve()
+    assert report.path == link and report.bytes == shared.stat().st_size
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert (load_exported(shared, "onnx")[0](x) - model(x)).abs().max() <= 1e-5  # the target holds the new model
+    assert [p.name for p in tmp_path.iterdir()] == ["link.onnx"]  # no temporary file on either side
+    assert [p.name for p in shared.parent.iterdir()] == ["model.onnx"]
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "directory", "link to a FIFO"])
+def test_an_output_that_is_not_a_regular_file_is_refused_before_any_export_and_left_alone(kind, tmp_path):
+    output = tmp_path / "model.onnx"
+    fifo = tmp_path / "pipe"
+    if kind == "directory":
+        output.mkdir()
+    elif kind == "FIFO":
+        os.mkfifo(output)
+    else:
+        os.mkfifo(fifo)
+        output.symlink_to(fifo)
+    shown = {"FIFO": f"{str(output)!r} is a FIFO (named pipe)", "directory": f"{str(output)!r} is a directory",
+             "link to a FIFO": f"{str(output)!r} (a link to {str(fifo)!r}) is a FIFO (named pipe)"}[kind]
+    with pytest.raises(PFAError) as info:  # an example the model refuses: the output is checked first
+        export_model(nn.Linear(4, 2), torch.randn(2, 5), output)
+    assert str(info.value) == (f"`output` {shown}, not a regular file: give the path of a file to write (a regular "
+                               "file there is replaced).")
+    assert output.is_dir() if kind == "directory" else stat.S_ISFIFO(output.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx"] + (["pipe"] if "link" in kind else []))
+
+
+@pytest.mark.parametrize("format, name, found", [("onnx", "model.pt", "ends in .pt"),
+                                                 ("torchscript", "model.onnx", "ends in .onnx"),
+                                                 ("exported-program", "model", "has no suffix")])
+def test_an_output_suffix_that_is_not_the_formats_warns(format, name, found, tmp_path):
+    allowed = {"onnx": "*.onnx", "torchscript": "*.pt or *.pth or *.torchscript or *.ts", "exported-program": "*.pt2"}
+    output = tmp_path / name
+    with pytest.warns(ExportSuffixWarning) as record:
+        export_model(nn.Linear(4, 2), torch.randn(2, 4), output, format, check=False)
+    assert [str(w.message) for w in record if w.category is ExportSuffixWarning] == [
+        f"`output` {str(output)!r} {found}, but it will hold {format}: name it {allowed[format]}."]
+    assert output.is_file()
+    assert all(suffix_mismatch(f"m{s.upper()}", f) is None for f, suffixes in SUFFIXES.items() for s in suffixes)
 
 
 class LargeAndNoisy(nn.Module):
