@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import pickle
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, check_checkpoint_file, check_module_class,
-                                               inputs_from_spec, load_compressed)
+from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, CheckpointMismatch, check_checkpoint_file,
+                                               check_module_class, inputs_from_spec, load_compressed)
 from pfa_lightning.errors import PFAError
-from pfa_lightning.files import load_plain
-from pfa_lightning.export import EXPORT_FORMATS, ExportReport, export_model
+from pfa_lightning.export import (EXPORT_FORMATS, ExportReport, ExportSuffixWarning, check_output, export_model,
+                                  suffix_mismatch)
+from pfa_lightning.files import first_line, load_plain
 from pfa_lightning.validation import check_choice, fail
 
 DEFAULT_MODULE = "pfa_lightning.experiments.module:ImageClassifier"
@@ -55,10 +58,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     check_choice("format", format, EXPORT_FORMATS)
     module_class = module_class_of(module) if isinstance(module, str) else check_module_class(module, "module")
     shape = check_input_shape(input_shape) if input_shape is not None else None
+    check_output(output)  # before the checkpoint is read: a directory or a device there is refused at once
     if "://" in str(checkpoint):
         raise fail("checkpoint", "a local file (download a remote checkpoint first)", str(checkpoint))
     path = check_checkpoint_file(checkpoint, "checkpoint")
-    spec = shape_spec(shape) if shape is not None else single_input_spec(path)
+    saved = read_checkpoint(path)
+    if _class_name(module_class) == DEFAULT_MODULE:
+        check_image_classifier(saved, path)
+    spec = shape_spec(shape) if shape is not None else single_input_spec(saved, path)
     model = load_module(module_class, path)
     return export_model(model, inputs_from_spec(spec, model, batch=EXAMPLE_BATCH), output, format, check=check,
                         atol=atol, rtol=rtol)
@@ -101,13 +108,50 @@ def shape_spec(shape: tuple[int, ...]) -> dict[str, Any]:
     return {"shape": list(shape), "dtype": "float32"}
 
 
-def single_input_spec(path: str) -> dict[str, Any]:
-    """The checkpoint's example-input spec: one tensor's shape and dtype; a PFAError if it has none or a nested one."""
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint's contents (tensors memory-mapped), or one PFAError if they are more than tensors and plain values."""
     try:
-        checkpoint = load_plain(path)
+        return load_plain(path)
     except pickle.UnpicklingError:
         raise PFAError(f"`checkpoint` {path!r} holds objects torch.load(weights_only=True) refuses; pfa-export reads "
                        "checkpoints of tensors and plain values only.") from None
+
+
+def check_image_classifier(checkpoint: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint that ImageClassifier (the default ``--module``) did not write, before building anything:
+    built from another module's hyperparameters it could be any network (a user's ``width=48`` made a VGG-16 48
+    times as wide, and the kernel killed the process). ImageClassifier saves all its arguments but ``weights``,
+    ``arch`` among them, and keeps its network under ``net.``; Lightning records nothing of the class itself."""
+    from pfa_lightning.experiments.module import ImageClassifier
+
+    hyperparameters = checkpoint.get(ImageClassifier.CHECKPOINT_HYPER_PARAMS_KEY)
+    weights = [str(k) for k in checkpoint.get("state_dict") or {}]
+    arguments = inspect.signature(ImageClassifier.__init__).parameters
+    if not isinstance(hyperparameters, dict) or not hyperparameters:
+        reason = "it records no hyperparameters"
+    elif "arch" not in hyperparameters:
+        reason = f"its hyperparameters ({_names(hyperparameters)}) have no `arch`"
+    elif unknown := [str(k) for k in hyperparameters if k not in arguments]:
+        reason = f"its hyperparameters {_names(unknown)} are not ImageClassifier's"
+    elif foreign := [k for k in weights if not k.startswith("net.")]:
+        reason = f"its weights ({_names(foreign)}) are not under ImageClassifier's `net.`"
+    else:
+        return
+    raise PFAError(f"`checkpoint` {path!r} was not written by {DEFAULT_MODULE} (the default --module): {reason}; name "
+                   "the LightningModule class that wrote it with --module package.module:ClassName.")
+
+
+def _names(names: Any, most: int = 5) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _class_name(module_class: type) -> str:
+    return f"{module_class.__module__}:{module_class.__qualname__}"
+
+
+def single_input_spec(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """The checkpoint's example-input spec: one tensor's shape and dtype; a PFAError if it has none or a nested one."""
     spec = (checkpoint.get(CHECKPOINT_KEY) or {}).get("example_inputs")
     if spec is None:
         raise PFAError(f"`checkpoint` {path!r} records no example input (it was not written by a fit with "
@@ -125,19 +169,23 @@ def _describe(spec: dict[str, Any]) -> str:
 
 
 def load_module(module_class: type, path: str) -> Any:
-    """``load_compressed(module_class, path)`` on the CPU; a class the checkpoint does not fit is one PFAError."""
+    """``load_compressed(module_class, path)`` on the CPU; a class the checkpoint does not fit is one PFAError
+    suggesting ``--module``."""
+    advice = "name the LightningModule class that wrote it with --module package.module:ClassName"
     try:
         return load_compressed(module_class, path, map_location="cpu")
+    except CheckpointMismatch as err:  # its hyperparameters do not build the class, or its weights do not load
+        raise PFAError(f"`module` {_class_name(module_class)} cannot load {path!r}: the checkpoint's {err.part} do not "
+                       f"fit that class ({err.detail}); {advice}.") from None
     except PFAError as err:
         if "does not fit" in str(err):  # the checkpoint's compressions name layers this class does not have
             raise PFAError(f"{err} Is the checkpoint of another LightningModule? Name its class with "
                            "--module package.module:ClassName.") from None
         raise
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, ImportError, pickle.UnpicklingError) as err:
-        # the class's __init__ or load_state_dict refusing, or hyperparameters torch.load(weights_only=True) refuses
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        raise PFAError(f"`module` {module_class.__module__}:{module_class.__qualname__} cannot load {path!r} "
-                       f"({reason}): pass the LightningModule class the checkpoint was written by.") from None
+        # hyperparameters torch.load(weights_only=True) refuses, or Lightning failing before the class is built
+        raise PFAError(f"`module` {_class_name(module_class)} cannot load {path!r} ({first_line(err)}): pass the "
+                       "LightningModule class the checkpoint was written by.") from None
 
 
 def summary(report: ExportReport) -> str:
@@ -173,10 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.getcwd() not in sys.path:  # as `python -m` has it: --module may name a package in the working directory
         sys.path.insert(0, os.getcwd())
+    if args.format in EXPORT_FORMATS and (note := suffix_mismatch(args.output, args.format)):
+        print(f"Warning: {note}", file=sys.stderr)  # at once, not after the checkpoint is loaded
     try:
         shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
-        report = export_checkpoint(args.checkpoint, args.output, args.format, module=args.module, input_shape=shape,
-                                   check=not args.no_check, atol=args.atol, rtol=args.rtol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExportSuffixWarning)  # (printed above)
+            report = export_checkpoint(args.checkpoint, args.output, args.format, module=args.module,
+                                       input_shape=shape, check=not args.no_check, atol=args.atol, rtol=args.rtol)
     except PFAError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1

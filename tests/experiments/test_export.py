@@ -14,15 +14,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pfa_lightning import PFACallback, PFAError, load_compressed
 from pfa_lightning import export as export_module
-from pfa_lightning.experiments.export_command import main
+from pfa_lightning.experiments import export_command
+from pfa_lightning.experiments.export_command import DEFAULT_MODULE, export_checkpoint, main
 from pfa_lightning.experiments.module import ImageClassifier
 from pfa_lightning.export import EXPORT_FORMATS, SUFFIXES, ExportSuffixWarning, export_model, suffix_mismatch
+from tests.callback.test_checkpoint_files import BAD_FILES, Settings, WithSettings, bad_checkpoint, save
 from tests.helpers.callback_models import ResidualNet, loaders, quiet_trainer
 
 onnx = pytest.importorskip("onnx")
@@ -211,6 +214,95 @@ def test_user_errors_exit_1_with_one_line_and_write_nothing(case, extra, match, 
     assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
     assert match in stderr
     assert not any(output.parent.iterdir())
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_a_file_that_is_no_checkpoint_is_one_line_without_weights_only_advice(kind, tmp_path):
+    path = bad_checkpoint(kind, tmp_path)
+    output = tmp_path / "model.onnx"
+    with pytest.raises(PFAError) as info:
+        export_checkpoint(path, output)
+    assert str(info.value) == f"`checkpoint` {str(path)!r} {BAD_FILES[kind]}"
+    assert "weights_only" not in str(info.value) and not output.exists()
+
+
+def test_a_checkpoint_holding_objects_weights_only_refuses_is_named_as_such(tmp_path):
+    path = save(WithSettings(Settings(depth=3)), tmp_path / "settings.ckpt")
+    code, _, stderr = export(path, "--format", "onnx", "--output", tmp_path / "model.onnx")
+    assert code == 1 and stderr == (f"Error: `checkpoint` {str(path)!r} holds objects torch.load(weights_only=True) "
+                                    "refuses; pfa-export reads checkpoints of tensors and plain values only.\n")
+
+
+class Wide(pl.LightningModule):
+    """A user's module with ``width=48``: as ImageClassifier's hyperparameters, a VGG-16 48 times as wide."""
+
+    def __init__(self, width: int = 48, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.body = nn.Linear(4, width)
+
+
+class Seq(pl.LightningModule):
+    """A user's sequence model with an ``arch`` of its own."""
+
+    def __init__(self, arch: str = "seq", width: int = 4, hidden: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if hidden is not None else ["hidden"])
+        self.body = nn.Linear(4, width)
+
+
+class SeqUnderNet(pl.LightningModule):
+    """A user's module that looks like ImageClassifier's (an ``arch``, its weights under ``net.``) until it is built."""
+
+    def __init__(self, arch: str = "seq", width: int = 4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Linear(4, width)
+
+
+NOT_IMAGE_CLASSIFIER = "was not written by pfa_lightning.experiments.module:ImageClassifier (the default --module): "
+SUGGESTION = "; name the LightningModule class that wrote it with --module package.module:ClassName.\n"
+
+
+@pytest.mark.parametrize("module, expected", [
+    (Wide(), NOT_IMAGE_CLASSIFIER + "its hyperparameters (width, lr) have no `arch`"),
+    (Seq(hidden=8), NOT_IMAGE_CLASSIFIER + "its hyperparameters hidden are not ImageClassifier's"),
+    (Seq(), NOT_IMAGE_CLASSIFIER + "its weights (body.weight, body.bias) are not under ImageClassifier's `net.`"),
+], ids=["width 48", "an argument ImageClassifier lacks", "weights elsewhere"])
+def test_another_modules_checkpoint_without_module_is_refused_before_anything_is_built(module, expected, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(export_command, "load_compressed", lambda *a, **k: pytest.fail("built a module"))
+    path = save(module, tmp_path / "user.ckpt")
+    code, _, stderr = export(path, "--format", "onnx", "--output", tmp_path / "model.onnx", "--input-shape", "4")
+    assert code == 1 and stderr == f"Error: `checkpoint` {str(path)!r} {expected}{SUGGESTION}"
+
+
+def test_a_checkpoint_imageclassifier_cannot_be_built_from_suggests_module(tmp_path):
+    path = save(SeqUnderNet(), tmp_path / "seq.ckpt")
+    code, _, stderr = export(path, "--format", "onnx", "--output", tmp_path / "model.onnx", "--input-shape", "4")
+    assert code == 1 and stderr.count("\n") == 1
+    assert stderr.startswith(f"Error: `module` {DEFAULT_MODULE} cannot load {str(path)!r}: the checkpoint's "
+                             "hyperparameters do not fit that class (building it from them fails: `arch` must be one "
+                             "of ('vgg11',")
+    assert stderr.endswith(f"got 'seq'){SUGGESTION}")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_before_the_checkpoint_is_read(tmp_path):
+    output = tmp_path / "model.onnx"
+    os.mkfifo(output)
+    code, _, stderr = export(tmp_path / "missing.ckpt", "--format", "onnx", "--output", output)
+    assert code == 1 and stderr.startswith(f"Error: `output` {str(output)!r} is a FIFO (named pipe), not a regular file")
+    assert stat.S_ISFIFO(output.stat().st_mode)
+
+
+def test_an_output_suffix_that_is_not_the_formats_is_noted_once(residual, tmp_path):
+    output = tmp_path / "model.onnx"
+    code, stdout, stderr = export(residual.plain, "--module", MODULE, "--input-shape", "3,8,8", "--format",
+                                  "torchscript", "--output", output, "--no-check")
+    assert code == 0 and f"Exported torchscript: {output}" in stdout
+    assert stderr == (f"Warning: `output` {str(output)!r} ends in .onnx, but it will hold torchscript: name it *.pt or "
+                      "*.pth or *.torchscript or *.ts.\n")
 
 
 def test_a_file_that_fails_the_check_is_an_error_and_is_not_written(vgg, tmp_path, monkeypatch):
