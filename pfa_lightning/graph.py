@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from pfa_lightning.errors import PFAError
 from pfa_lightning.nested import clone_inputs, map_nested, run_model
 from pfa_lightning.pruning import tp
 from pfa_lightning.reshapes import FencedGraph, crosses_fence
+from pfa_lightning.sharing import custom_readers, tied_parameters
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # walked through like BatchNorm when finding the tensor to read (a layer's response is read after its norm)
@@ -185,41 +186,8 @@ class ModelGraph:
 
     @cached_property
     def custom_readers(self) -> dict[str, list[str]]:
-        """For each Conv/Linear/norm/PReLU output, the user-defined leaf modules (not torch's) that read it,
-        as ``"name (Class)"``: a custom activation module (e.g. ``x * sigmoid(1.702 x)``) whose operations
-        PFA cannot recognise as one non-linearity. Found by one forward pass with hooks."""
-        produced: dict[int, str] = {}
-        readers: dict[str, list[str]] = {}
-        alive: list[torch.Tensor] = []  # keeps every hooked tensor alive, so no id() is reused during the pass
-
-        def remember(name: str):
-            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-                if isinstance(output, torch.Tensor):
-                    produced[id(output)] = name
-                    alive.append(output)
-            return hook
-
-        def read(name: str):
-            def hook(module: nn.Module, inputs: Any) -> None:
-                map_nested(inputs, lambda t: readers.setdefault(produced[id(t)], []).append(
-                    f"{name} ({type(module).__name__})") if id(t) in produced else None)
-            return hook
-
-        hooks = []
-        for name, module in self.model.named_modules():
-            if isinstance(module, (*PRUNABLE_TYPES, *_NORM_TYPES, nn.PReLU)):
-                hooks.append(module.register_forward_hook(remember(name)))
-            elif not any(True for _ in module.children()) and not type(module).__module__.startswith("torch."):
-                hooks.append(module.register_forward_pre_hook(read(name)))
-        try:
-            with torch.no_grad(), evaluating(self.model):
-                run_model(self.model, self._example)
-        except Exception:  # the trace worked on these inputs: a failure here only costs the warning
-            return {}
-        finally:
-            for h in hooks:
-                h.remove()
-        return readers
+        """User-defined leaf modules reading each layer's output (see :func:`~pfa_lightning.sharing.custom_readers`)."""
+        return custom_readers(self.model, self._example, (*PRUNABLE_TYPES, *_NORM_TYPES, nn.PReLU))
 
     @cached_property
     def spaces(self) -> list[ChannelSpace]:
@@ -228,23 +196,8 @@ class ModelGraph:
 
     @cached_property
     def tied_parameters(self) -> dict[nn.Module, list[str]]:
-        """Modules holding a parameter that another module (or another name) holds too — weight tying, as
-        in a language model whose output layer reuses the embedding — with every name of those parameters.
-        Parameters sharing storage count as tied as well."""
-        holders: dict[tuple[int, int], list[tuple[nn.Module, str]]] = {}
-        for module_name, module in self.model.named_modules(remove_duplicate=False):
-            for param_name, param in module._parameters.items():
-                if param is None:
-                    continue
-                key = (param.untyped_storage().data_ptr(), param.storage_offset()) if param.numel() else (id(param), -1)
-                holders.setdefault(key, []).append((module, f"{module_name}.{param_name}".lstrip(".")))
-        tied: dict[nn.Module, list[str]] = {}
-        for entries in holders.values():
-            if len(entries) > 1:
-                names = sorted({n for _, n in entries})
-                for module, _ in entries:
-                    tied[module] = names
-        return tied
+        """Modules holding a parameter another module holds too (see :func:`~pfa_lightning.sharing.tied_parameters`)."""
+        return tied_parameters(self.model)
 
     @property
     def tied(self) -> list[str]:
@@ -418,13 +371,14 @@ def output_shapes(model: nn.Module, inputs: Any) -> Any:
         return map_nested(run_model(model, inputs), lambda t: tuple(t.shape), other=lambda _: None)
 
 
-def uncuttable_spaces(model: nn.Module, example_inputs: Any, spaces: Sequence[ChannelSpace]) -> dict[str, str]:
+def uncuttable_spaces(model: nn.Module, example_inputs: Any, spaces: Sequence[ChannelSpace],
+                      advance: Callable[[], None] = lambda: None) -> dict[str, str]:
     """The spaces (by root) whose cut breaks ``model``, with why; ``model`` is left exactly as it was.
 
     Some code hard-codes a width Torch-Pruning cannot see (a reshape to ``hidden_dim``, a split into
     ``num_heads``): such a space must be left whole. Each trial removes one position from every space
     tried, on the model itself (restored exactly afterwards), and runs it; failing sets are bisected,
-    so a model where every cut works costs one trial.
+    so a model where every cut works costs one trial. ``advance()`` is called after each trial (progress).
     """
     inputs = clone_inputs(example_inputs, 2)
     before = output_shapes(model, inputs)
@@ -440,6 +394,7 @@ def uncuttable_spaces(model: nn.Module, example_inputs: Any, spaces: Sequence[Ch
             return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
         finally:
             state.restore()
+            advance()
 
     def search(subset: Sequence[ChannelSpace]) -> dict[str, str]:
         why = failure(subset) if subset else None

@@ -15,6 +15,7 @@ from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
 from pfa_lightning.graph import ChannelSpace, ModelGraph, module_width, uncuttable_spaces
 from pfa_lightning.nested import map_nested
+from pfa_lightning.progress import progress_bar
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
@@ -194,6 +195,7 @@ def make_recipe(
     min_units: int = 1,
     coupled: str = "joint",
     round_to: int = 1,
+    progress: bool = False,
 ) -> Recipe:
     """Decide, from collected responses, how many and which units each layer keeps.
 
@@ -214,6 +216,8 @@ def make_recipe(
             targets still hold. Channels split into groups by a grouped convolution or a GroupNorm
             are kept as whole positions: the same channels of every group, a multiple of the group
             count (the group count itself never changes).
+        progress: show the trial cuts and the footprint measurements as they go (a large model takes
+            minutes).
 
     Raises:
         PFAError: unknown strategy/selection/coupled, bad ``min_units``, statistics that do not
@@ -250,7 +254,8 @@ def make_recipe(
         if coupled == "skip" and space.coupled:
             continue
         candidates.append(space)
-    broken = uncuttable_spaces(model, example_inputs, candidates)
+    with progress_bar("PFA trial cuts (channels a cut would break)", None, progress) as advance:
+        broken = uncuttable_spaces(model, example_inputs, candidates, advance)
     for root, why in broken.items():
         layers = next(s.producers for s in candidates if s.root == root)
         warnings.warn(f"Cutting the channels of {', '.join(layers)} breaks {type(model).__name__} ({why}): "
@@ -285,7 +290,14 @@ def make_recipe(
 
     metric = strategy.probe_metric
     probe = FootprintProbe(model, example_inputs, metric) if metric is not None else None
-    decision = strategy.decide(spectra, clamp, probe)
+    with progress_bar(f"PFA measuring candidate networks ({metric})", None, progress and probe is not None) as advance:
+        def measured(keep: Mapping[str, int]) -> int:
+            advance()
+            return probe(keep)  # type: ignore[misc]
+
+        decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
+    if all(k >= sp.units for k, sp in zip(decision.counts, spectra)):
+        warn_nothing_cut(graph, spaces, spectra, broken, stats)
 
     # one entry per producer; a producer spanning several spaces (added to a concatenation) merges them
     removed: dict[str, set[int]] = {}
@@ -313,6 +325,24 @@ def make_recipe(
             group="+".join(groups), response=stats[p].response, diagnostics=diagnostics,
         ))
     return Recipe(layers, strategy.to_dict(), selection_name(chooser), _plain(decision.summary))
+
+
+def warn_nothing_cut(graph: ModelGraph, analysed: list[ChannelSpace], spectra: list[Spectrum],
+                     broken: Mapping[str, str], stats: ResponseStats) -> None:
+    """Say why a recipe cuts nothing, with counts: which channel spaces were never candidates, and why."""
+    spaces = graph.spaces
+    reasons = {
+        "fenced (a reshape -> permute -> reshape)": sum(s.fenced for s in spaces),
+        "sharing a tied parameter": sum(bool(s.tied) and not s.fenced for s in spaces),
+        "reaching the model output": sum(s.reaches_output and not s.fenced and not s.tied for s in spaces),
+        "without statistics (excluded or not collected)": sum(
+            not s.reaches_output and any(p not in stats for p in s.producers) for s in spaces),
+        "broken by a trial cut (a width hard-coded in the model)": len(broken),
+        "with fewer samples than units": sum(sp.frozen for sp in spectra),
+        "kept whole by the strategy (their spectra call for every unit)": sum(not sp.frozen for sp in spectra),
+    }
+    counts = "; ".join(f"{n} {why}" for why, n in reasons.items() if n)
+    warnings.warn(f"The recipe cuts nothing: of the model's {len(spaces)} channel spaces, {counts}.", stacklevel=3)
 
 
 STARVED_UNITS = 4  # a layer of at least this many units cut below it is left with "a handful"

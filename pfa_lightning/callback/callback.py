@@ -1,10 +1,7 @@
 """PFACallback: compress a network between training stages inside a Lightning fit.
 
-The callback analyses the LightningModule as a whole: the responses are collected, the graph
-traced and the surgery applied by calling ``pl_module(inputs)``, where ``inputs`` is the model
-input of a batch (the batch itself if it is a tensor, its first element if a sequence, or
-``batch["x"]``/``["input"]``/``["image"]``). So the module's ``forward`` must take that input;
-the network itself may be the module or one of its attributes.
+The module is analysed as a whole: responses collected, graph traced and surgery applied by calling it on a
+batch's model input (:func:`~pfa_lightning.nested.first_input`; a dict goes whole to a one-argument ``forward``).
 """
 
 from __future__ import annotations
@@ -27,11 +24,12 @@ from pfa_lightning.callback.data import (Converted, peek, request_fit_data, shar
 from pfa_lightning.callback.distill import DISTILL_NEEDS_AUTOMATIC, Distillation, Teacher
 from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, recalibrate_on_every_rank,
                                                 rewrap_ddp, sync_buffers, together)
+from pfa_lightning.callback.interrupts import interruptible
 from pfa_lightning.callback.monitors import restart_monitors
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
-from pfa_lightning.callback.report import compression_metrics, log_to_loggers, monitored_metrics, print_compression
+from pfa_lightning.callback.report import (compression_metrics, footprint_of, log_to_loggers, monitored_metrics,
+                                          print_compression)
 from pfa_lightning.errors import PFAError
-from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.graph import evaluating
 from pfa_lightning.nested import clone_inputs, first_input, run_model
 from pfa_lightning.recipe import COUPLED_MODES, Recipe, check_min_units, check_round_to, make_recipe
@@ -273,12 +271,13 @@ class PFACallback(Callback):
                 log_to_loggers(trainer, {"pfa/acc_end": accuracy})
 
     # -- the compression ---------------------------------------------------------------------------
+    @interruptible  # a SIGTERM stops a long compression within seconds
     def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Recipe:
         """Analyse, decide, cut, rebuild the optimizers (and the DDP wrapper), log; returns the recipe."""
         training = {m: m.training for m in pl_module.modules()}
         inputs = self._example_inputs(trainer, pl_module)
         sync_buffers(trainer, pl_module)
-        before = self._footprint(pl_module, inputs)
+        before = footprint_of(pl_module, inputs)
         acc_before, accuracy_on = self._evaluate(trainer, pl_module) if self.validate_after else (None, None)
 
         recipe, stats = self._decide(trainer, pl_module, inputs, epoch)
@@ -302,8 +301,11 @@ class PFACallback(Callback):
         for module, flag in training.items():
             module.training = flag
 
-        after = self._footprint(pl_module, inputs)
+        after = footprint_of(pl_module, inputs)
         self.on_surgery(trainer, pl_module, recipe)
+        if self.verbose:
+            rank_zero_info(f"PFA cut the network to {after['params']:,} parameters; measuring it"
+                           + (" and recalibrating BatchNorm." if self.recalibrate else "."))
         acc_cut = self._evaluate(trainer, pl_module)[0] if self.validate_after else None
         recalibrated = self.recalibrate and self._recalibrate(trainer, pl_module)
         acc_after = self._evaluate(trainer, pl_module)[0] if self.validate_after and recalibrated else acc_cut
@@ -355,12 +357,13 @@ class PFACallback(Callback):
         def decide() -> Recipe:
             self.on_statistics(trainer, pl_module, stats)
             return make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
-                               min_units=self.min_units, coupled=self.coupled, round_to=self.round_to)
+                               min_units=self.min_units, coupled=self.coupled, round_to=self.round_to,
+                               progress=self.verbose and trainer.is_global_zero)
 
         stats = together(trainer, analyse)  # a failure on one rank reaches all: none waits in a collective
         all_reduce(trainer, stats.tensors())
         if self.verbose:
-            rank_zero_info(f"PFA analysed {stats.num_samples} samples of {self.analysis_data}.")
+            rank_zero_info(f"PFA analysed {stats.num_samples} samples of {self.analysis_data}; deciding the recipe.")
         recipe = together(trainer, decide)
         check_same_decision(trainer, recipe)
         return recipe, stats
@@ -403,10 +406,6 @@ class PFACallback(Callback):
         return (*self._analysis_data(trainer), "analysis-data")
 
     # -- measuring ---------------------------------------------------------------------------------
-    @staticmethod
-    def _footprint(pl_module: pl.LightningModule, inputs: Any) -> dict[str, int]:
-        return {"params": count_params(pl_module), "flops": count_flops(pl_module, inputs)}
-
     def accuracy_counts(self, pl_module: pl.LightningModule, batch: Any) -> tuple[int, int] | None:
         """Correct predictions and samples in one batch, or None if it is not classification.
 

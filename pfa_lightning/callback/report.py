@@ -6,9 +6,15 @@ from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_info
 
+from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.recipe import Recipe
 
 ACCURACIES = ("before", "cut", "after")  # before the surgery, right after it, after BatchNorm recalibration
+
+
+def footprint_of(module: Any, inputs: Any) -> dict[str, int]:
+    """The module's parameters and FLOPs (one sample shaped like ``inputs``)."""
+    return {"params": count_params(module), "flops": count_flops(module, inputs)}
 
 
 def compression_metrics(entry: dict[str, Any], recipe: Recipe, count: int) -> dict[str, float]:

@@ -8,3 +8,16 @@
 
 Submodules are imported on use, so ``pfa_lightning.experiments.datasets`` needs no Lightning.
 """
+
+from omegaconf import OmegaConf
+
+
+def _model_label(choice: str, name: str | None = None) -> str:
+    """The run name's model part: the config choice, and the library model's name when one is set
+    (``model=torchvision model.name=resnet18`` -> ``torchvision-resnet18``)."""
+    return f"{choice}-{name}" if name else str(choice)
+
+
+# used by conf/config.yaml's `name` (and so by the output folder's name), for run.py, the pfa command and tests
+if not OmegaConf.has_resolver("pfa_model_label"):
+    OmegaConf.register_new_resolver("pfa_model_label", _model_label)

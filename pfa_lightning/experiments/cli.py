@@ -10,6 +10,7 @@ Outputs go under the current directory (``outputs/`` and ``multirun/``), as with
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
         if message is None:
             raise
         print(f"Error: {message}", file=sys.stderr)
+        logging.getLogger("pfa_lightning").error("Error: %s", message)  # into run.log too
         if HydraConfig.get().mode.name == "MULTIRUN":  # let the other jobs run; the sweep exits 1 at its end
             Path(HydraConfig.get().runtime.output_dir, "error.txt").write_text(message + "\n")
             return objective_values(cfg, None)  # NaN objectives: a sweeper records a failed trial and goes on

@@ -140,7 +140,8 @@ class DigitsDataModule(ImageDataModule):
 
     def __init__(self, size: int = 32, in_channels: int = 3, test_fraction: float = 0.2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.size, self.in_channels, self.test_fraction = size, in_channels, test_fraction
+        self.size, self.in_channels = check_int("size", size, 8), check_int("in_channels", in_channels, 1)
+        self.test_fraction = test_fraction
         self.num_classes = 10
 
     def load(self):
@@ -228,7 +229,7 @@ class FashionMNISTDataModule(ImageDataModule):
                   f"in {looked}. Install Debian's package (apt-get install dataset-fashion-mnist, into "
                   f"{FASHION_MNIST_DEBIAN}), let torchvision download it on a machine with internet "
                   "(dataset.download=true, into dataset.data_dir), set dataset.root to the folder holding the "
-                  "files, or run on the bundled digits instead: python run.py dataset=digits")
+                  "files, or run on the bundled digits instead (dataset=digits, with run.py or the pfa command)")
         if not self.download or self.root is not None:
             raise DataError(advice + ("" if self.root is not None else " (downloading is off: dataset.download=false)."))
         try:
@@ -298,7 +299,7 @@ class CIFARDataModule(ImageDataModule):
         where = Path(self.data_dir).resolve() / cls.base_folder
         advice = (f"{self.name} was not found in {where}. Put the extracted '{cls.base_folder}' folder (or "
                   f"'{cls.filename}') into {Path(self.data_dir).resolve()}, set dataset.data_dir to where it is, or "
-                  "run on the bundled digits instead: python run.py dataset=digits")
+                  "run on the bundled digits instead (dataset=digits, with run.py or the pfa command)")
         if not self.download:
             raise DataError(advice + " (downloading is off: dataset.download=false).")
         try:
@@ -328,7 +329,8 @@ class ImageFolderDataModule(ImageDataModule):
     def __init__(self, root: str = "data/images", size: int = 32, num_classes: int | None = None,
                  in_channels: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.root, self.size, self.in_channels = Path(os.path.expanduser(str(root))), size, in_channels
+        self.root, self.size = Path(os.path.expanduser(str(root))), check_int("size", size, 8)
+        self.in_channels = in_channels
         if num_classes is not None:
             self.num_classes = num_classes
         else:
@@ -360,7 +362,8 @@ class SyntheticDataModule(ImageDataModule):
     def __init__(self, num_samples: int = 256, size: int = 32, num_classes: int = 10, in_channels: int = 3,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.num_samples, self.size, self.num_classes, self.in_channels = num_samples, size, num_classes, in_channels
+        self.num_samples, self.size = check_int("num_samples", num_samples, 1), check_int("size", size, 8)
+        self.num_classes, self.in_channels = check_int("num_classes", num_classes, 2), check_int("in_channels", in_channels, 1)
 
     def load(self):
         g = torch.Generator().manual_seed(self.seed)

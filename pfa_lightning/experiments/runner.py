@@ -24,9 +24,10 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from pfa_lightning.callback import PFACallback
-from pfa_lightning.callback.checkpoint import check_checkpoint_file
 from pfa_lightning.callback.data import shard
 from pfa_lightning.errors import PFAError
+from pfa_lightning.experiments.run_checks import (RunIdentity, check_resume_settings, check_run_settings,
+                                                  claim_output_dir, resume_from, run_identity, run_settings)
 from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.nested import first_input
 from pfa_lightning.recipe import Recipe, spectra_of
@@ -84,7 +85,7 @@ class LastCheckpoint(Checkpoint):
         # progress bar has just started that; a rank going straight to the barrier below would deadlock it)
         _ = trainer.callback_metrics
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(partial, weights_only=False)  # every rank calls it; rank 0 writes (all state: resumable)
         try:
             if trainer.is_global_zero:
                 os.replace(partial, self.path)
@@ -93,17 +94,21 @@ class LastCheckpoint(Checkpoint):
             trainer.strategy.barrier("pfa_last_checkpoint")
 
 
-def _instantiate(spec: DictConfig, failure: str) -> Any:
-    """Hydra's ``instantiate`` (plain containers): a PFAError inside passes through, any other failure is one PFAError
-    starting with ``failure`` instead of Hydra's traceback."""
+def _instantiate(spec: DictConfig, failure: str, group: str = "", **kwargs: Any) -> Any:
+    """Hydra's ``instantiate`` (plain containers): a PFAError inside passes through (a setting it names as
+    `x` named `group.x`, as on the command line), any other failure is one PFAError starting with ``failure``
+    instead of Hydra's traceback."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
-        return instantiate(spec, _convert_="all")
+        return instantiate(spec, _convert_="all", **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, PFAError):
-            raise err.__cause__ from None
+            cause = err.__cause__
+            if group and re.match(r"`[A-Za-z_]\w*` ", str(cause)) and str(cause)[1:].split("`")[0] in spec:
+                raise type(cause)(f"`{group}.{str(cause)[1:]}") from None
+            raise cause from None
         raise PFAError(f"{failure}: {str(err).splitlines()[0]}") from None
 
 
@@ -174,16 +179,22 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir)
     check_objectives(cfg)  # before any training
+    check_run_settings(cfg)
+    ckpt_path = resume_from(cfg.train.get("ckpt_path"))
+    identity = run_identity(cfg)
+    check_resume_settings(ckpt_path, identity)
     if int(cfg.train.epochs) == 0 and cfg.model.get("weights") is None and cfg.pfa.get("strategy") != "none":
         log.warning("train.epochs=0 without model.weights: PFA compresses a network with random weights "
                     "(set model.weights=<your trained weights>).")
     out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.dataset)
+    datamodule = _instantiate(cfg.dataset, "The `dataset` could not be built", "dataset")
     datamodule.setup("fit")
     extra = {"input_size": datamodule.size} if getattr(datamodule, "size", None) else {}
-    module = instantiate(cfg.model, _convert_="all", num_classes=datamodule.num_classes, in_channels=datamodule.in_channels, **extra)
+    module = _instantiate(cfg.model, "The `model` could not be built", "model", num_classes=datamodule.num_classes,
+                          in_channels=datamodule.in_channels, **extra)
     pfa_cb = _pfa_callback(cfg, datamodule)
     checkpoint = LastCheckpoint(out / "checkpoints")
     loggers = _loggers(cfg, out)
@@ -192,7 +203,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, max_epochs=cfg.trainer.get("max_epochs") or epochs, default_root_dir=str(out),
         # the user's checkpoint callbacks first: the first one is trainer.checkpoint_callback ("best")
-        callbacks=[c for c in (pfa_cb, *extra_callbacks, checkpoint) if c is not None], logger=loggers or False,
+        callbacks=[c for c in (pfa_cb, *extra_callbacks, RunIdentity(identity), checkpoint) if c is not None],
+        logger=loggers or False,
         reload_dataloaders_every_n_epochs=1 if getattr(datamodule, "specialize_classes", None) else 0,
     )
     for logger in loggers:
@@ -202,7 +214,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     # without PFA, a resumed checkpoint may hold another network: count the full one before the fit
     full_before = (count_params(module), count_flops(module, x)) if pfa_cb is None else None
     try:
-        trainer.fit(module, datamodule, ckpt_path=resume_from(cfg.train.get("ckpt_path")))
+        try:
+            trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+        except SystemExit:  # Lightning's answer to Ctrl-C or SIGTERM: say how to go on
+            last = out / "checkpoints" / "last.ckpt"
+            log.error("Interrupted. " + (f"Resume with train.ckpt_path={last} (the same settings; only the unfinished "
+                                         "epoch is redone)." if last.exists() else "No epoch had finished: nothing to "
+                                         "resume, run it again."))
+            raise
         tested = trainer.test(module, datamodule, verbose=False)
         acc_final = float(tested[0]["test/acc"]) if tested else None
         history = pfa_cb.history if pfa_cb is not None else []
@@ -227,32 +246,17 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             "recipe": history[-1]["recipe"] if history else None,
             "compressions": [{k: v for k, v in h.items() if k != "recipe"} for h in history],
             "recipes": [h["recipe"] for h in history],
-            "settings": _settings(cfg),
+            "settings": run_settings(cfg),
         }
         results["params_ratio"] = results["params_compressed"] / params_full
         results["flops_ratio"] = results["flops_compressed"] / flops_full
-        trainer.save_checkpoint(str(out / "final.ckpt"))  # every rank: it synchronises them
+        trainer.save_checkpoint(str(out / "final.ckpt"), weights_only=False)  # every rank: it synchronises them
         if trainer.is_global_zero:
             _write_outputs(out, results, pfa_cb, loggers)
             _print_summary(out, results)
         return results
     finally:
         _finish_wandb(loggers)
-
-
-def _settings(cfg: DictConfig) -> dict[str, Any]:
-    pfa = OmegaConf.to_container(cfg.pfa, resolve=True)
-    model = f"{cfg.model.arch}:{cfg.model.name}" if cfg.model.get("name") else cfg.model.arch
-    settings = {"model": model, "width": cfg.model.width, "weights": cfg.model.get("weights"), "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
-                "seed": cfg.seed, "epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
-    settings.update({f"pfa_{k}": v for k, v in pfa.items() if k in ("strategy", "threshold", "ratio", "metric", "selection")})  # type: ignore[union-attr]
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        settings["overrides"] = " ".join(HydraConfig.get().overrides.task)
-    except ValueError:
-        settings["overrides"] = ""
-    return settings
 
 
 def _print_summary(out: Path, results: dict[str, Any]) -> None:
@@ -294,7 +298,8 @@ def _write_outputs(out: Path, results: dict[str, Any], pfa_cb: ExperimentPFACall
     points = [(1.0, results["acc_full"], f"full ({results['epochs_full']} epochs)")]
     for i, c in enumerate(results["compressions"]):
         ratio = c["params_after"] / results["params_full"]
-        points += [(ratio, c.get("acc_after"), f"after surgery {i + 1}")]
+        when = f"after surgery {i + 1}" + (" + BatchNorm recalibration" if c.get("recalibrated") else "")
+        points += [(ratio, c.get("acc_after"), when)]
     points.append((results["params_ratio"], results["acc_final"], f"final ({results['epochs_final']} epochs in all)"))
     points = [p for p in points if p[1] is not None]
     if points:
@@ -375,14 +380,6 @@ def objective_values(cfg: DictConfig, results: dict[str, Any] | None) -> float |
         return None if results is None else results["acc_final"]
     values = tuple(float("nan") if results is None or results[n] is None else float(results[n]) for n in names)
     return values[0] if len(values) == 1 else values
-
-
-def resume_from(path: Any) -> str | None:
-    """``train.ckpt_path``, checked: a readable Lightning checkpoint, else one clear PFAError (a truncated
-    or foreign file used to give Lightning's 44-line traceback)."""
-    if path is None or str(path) in ("last", "best", "hpc", "registry"):
-        return path  # Lightning's own names: Lightning finds them
-    return check_checkpoint_file(path, "train.ckpt_path", resume=True)
 
 
 def user_error_message(err: BaseException) -> str | None:

@@ -142,3 +142,47 @@ def test_a_recipe_that_starves_layers_warns_and_says_so_in_the_table():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a milder decision is quiet
         pfa.make_recipe(net, stats, pfa.Energy(0.999), example_inputs=x[:2])
+
+
+SIGTERM_SCRIPT = """
+import os, sys, time, torch
+from pfa_lightning import PFACallback
+from tests.helpers.callback_models import ResidualNet, loaders, quiet_trainer
+
+class Slow(PFACallback):
+    def on_statistics(self, trainer, pl_module, stats):
+        print("analysing", flush=True)
+        time.sleep(60)  # stands for minutes of analysis on a large model
+
+module = ResidualNet()
+widths = [m.out_channels for m in (module.stem, module.conv1)]
+start = None
+try:
+    quiet_trainer(max_epochs=2, callbacks=[Slow(compress_at=[1], verbose=False)]).fit(module, *loaders())
+except SystemExit as stop:
+    print("exit", stop.code, "untouched", [m.out_channels for m in (module.stem, module.conv1)] == widths, flush=True)
+"""
+
+
+def test_sigterm_during_a_compression_stops_it_within_seconds_and_leaves_the_model_whole():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.callback.test_callback import LAUNCHER_VARIABLES, REPO_DIR
+
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT], cwd=REPO_DIR, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "analysing"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert elapsed < 15, f"took {elapsed:.0f} s"
+    assert "exit 1 untouched True" in out, (out, err[-2000:])

@@ -53,7 +53,7 @@ def test_cifar_loader_reads_the_real_format_with_class_subset(fake_cifar):
 
 def test_missing_cifar_offline_gives_one_clear_message(tmp_path):
     dm = CIFARDataModule("cifar10", data_dir=str(tmp_path / "nowhere"), download=False)
-    with pytest.raises(DataError, match=r"cifar10 was not found in .*cifar-10-batches-py.*python run.py dataset=digits"):
+    with pytest.raises(DataError, match=r"cifar10 was not found in .*cifar-10-batches-py.*\(dataset=digits, with run.py or the pfa command\)"):
         dm.prepare_data()
 
 
@@ -162,7 +162,7 @@ def test_missing_fashion_mnist_gives_one_clear_message(tmp_path, monkeypatch):
     message = str(err.value)
     assert "Fashion-MNIST was not found" in message and str(tmp_path / "nowhere") in message
     assert "apt-get install dataset-fashion-mnist" in message and "dataset.download=true" in message
-    assert "python run.py dataset=digits" in message and "\n" not in message
+    assert "(dataset=digits, with run.py or the pfa command)" in message and "\n" not in message
     with pytest.raises(DataError, match=r"not found: looked .* in .*elsewhere"):
         FashionMNISTDataModule(root=str(tmp_path / "elsewhere")).setup()
 

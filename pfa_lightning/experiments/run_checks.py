@@ -1,0 +1,130 @@
+"""What ``run.py`` checks before it trains anything: its own numbers, the checkpoint it resumes (readable, and
+written with the same settings), and an output directory that no other run owns."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from pfa_lightning.callback.checkpoint import check_checkpoint_file
+from pfa_lightning.errors import PFAError
+from pfa_lightning.validation import fail
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    pfa = OmegaConf.to_container(cfg.pfa, resolve=True)
+    model = f"{cfg.model.arch}:{cfg.model.name}" if cfg.model.get("name") else cfg.model.arch
+    settings = {"model": model, "width": cfg.model.width, "weights": cfg.model.get("weights"), "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
+                "seed": cfg.seed, "epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
+    settings.update({f"pfa_{k}": v for k, v in pfa.items() if k in ("strategy", "threshold", "ratio", "metric", "selection")})  # type: ignore[union-attr]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        settings["overrides"] = " ".join(HydraConfig.get().overrides.task)
+    except ValueError:
+        settings["overrides"] = ""
+    return settings
+
+
+def resume_from(path: Any) -> str | None:
+    """``train.ckpt_path``, checked: a readable Lightning checkpoint, else one clear PFAError (a truncated
+    or foreign file used to give Lightning's 44-line traceback)."""
+    if path is None or str(path) in ("last", "best", "hpc", "registry"):
+        return path  # Lightning's own names: Lightning finds them
+    return check_checkpoint_file(path, "train.ckpt_path", resume=True)
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """The run's own numbers, before anything is built: one clear PFAError naming the setting instead of a
+    ValueError from ``int("abc")`` or another component's complaint about a value derived from it."""
+    from pfa_lightning.validation import check_epochs, check_int, is_int
+
+    def value(key: str) -> Any:
+        return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+    if not is_int(value("seed")):
+        raise fail("seed", "an integer", value("seed"))
+    epochs = check_int("train.epochs", value("train.epochs"), 0)
+    finetune = check_int("train.finetune_epochs", value("train.finetune_epochs"), 0)
+    check_int("train.batch_limit", value("train.batch_limit"), 1, optional=True)
+    max_epochs = check_int("trainer.max_epochs", value("trainer.max_epochs"), -1, optional=True,
+                           hint=" (-1: no limit)")
+    if cfg.pfa.get("strategy") != "none" and value("pfa.compress_at") is not None:
+        total = max_epochs if max_epochs not in (None, -1) else epochs + finetune
+        for epoch in check_epochs("pfa.compress_at", OmegaConf.to_object(cfg.pfa.compress_at)
+                                  if OmegaConf.is_list(cfg.pfa.compress_at) else value("pfa.compress_at"), 0):
+            if epoch > total:
+                raise PFAError(f"`pfa.compress_at` epoch {epoch} is beyond the run's {total} epochs "
+                               f"(train.epochs={epochs} + train.finetune_epochs={finetune}"
+                               f"{f', trainer.max_epochs={max_epochs}' if max_epochs not in (None, -1) else ''}).")
+
+
+RESUME_SETTINGS = ("model", "width", "dataset")  # with every `pfa` setting but `verbose`: what a resumed run must share
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that decide what a run's checkpoint holds: a resumed run must have the same ones."""
+    settings = run_settings(cfg)
+    pfa = OmegaConf.to_container(cfg.pfa, resolve=True)
+    identity = {k: settings[k] for k in RESUME_SETTINGS}
+    identity["model_kwargs"] = OmegaConf.to_container(cfg.model, resolve=True).get("model_kwargs")  # type: ignore[union-attr]
+    identity.update({f"pfa.{k}": v for k, v in pfa.items() if k != "verbose"})  # type: ignore[union-attr]
+    return json.loads(json.dumps(identity, default=str))  # plain, as read back from a checkpoint
+
+
+class RunIdentity(pl.Callback):
+    """Stores :func:`run_identity` in every checkpoint the run writes (``pfa_run_identity``), so that a resumed
+    run with other settings is refused instead of labelling the old run's results with its own settings."""
+
+    KEY = "pfa_run_identity"
+
+    def __init__(self, identity: dict[str, Any]) -> None:
+        self.identity = identity
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.KEY] = self.identity
+
+
+def check_resume_settings(path: str | None, identity: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint written by a run whose settings differ, naming them."""
+    if path is None or not Path(path).is_file():
+        return
+    from pfa_lightning.files import load_plain
+
+    saved = load_plain(path).get(RunIdentity.KEY)
+    if saved is None:
+        return  # written before runs recorded their settings, or by another program: nothing to compare
+    differ = [f"{k}: {saved.get(k)!r} there, {identity.get(k)!r} here" for k in sorted(set(saved) | set(identity))
+              if saved.get(k) != identity.get(k)]
+    if differ:
+        raise PFAError(f"train.ckpt_path {path} was written by a run with other settings ({'; '.join(differ)}): "
+                       "resume it with the settings it was started with, or start a new run without train.ckpt_path.")
+
+
+CLAIM = ".pfa_run"  # written into a run's output directory when it starts
+
+
+def claim_output_dir(out: Path, resuming: str | None) -> None:
+    """Make ``out`` this run's, atomically: refuse a directory another run claimed (one after the other, or two
+    started at once), unless this run resumes a checkpoint inside it."""
+    claim = out / CLAIM
+    if resuming is not None and Path(resuming).resolve().is_relative_to(out.resolve()):
+        claim.write_text(str(os.getpid()))
+        return
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise PFAError(f"Output directory {out} already belongs to another run (its results would be overwritten): "
+                       "choose another one (hydra.run.dir=...), or resume that run with "
+                       f"train.ckpt_path={out / 'checkpoints' / 'last.ckpt'}.") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+
+
+__all__ = ["CLAIM", "RunIdentity", "check_resume_settings", "check_run_settings", "claim_output_dir",
+           "resume_from", "run_identity", "run_settings"]
