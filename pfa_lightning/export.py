@@ -1,10 +1,12 @@
 """Export a (compressed) network to ONNX, TorchScript or a ``torch.export`` program, checked before it is kept.
 
 The batch dimension stays dynamic, the file is written atomically (a temporary file in the same
-directory, renamed into place; through a symbolic link, next to its target and renamed over the target), and by default the written file is loaded back — ONNX Runtime on the
-CPU, ``torch.jit.load``, ``torch.export.load`` — and its outputs compared with the PyTorch model's on
+directory, renamed into place; through a symbolic link, next to its target and renamed over the
+target), and by default the written file is loaded back — ONNX Runtime on the CPU,
+``torch.jit.load``, ``torch.export.load`` — and its outputs compared with the PyTorch model's on
 the exported batch size and on two others. An export that fails, or differs by more than the
-tolerance, leaves nothing at the output path (and an older file there untouched).
+tolerance, leaves nothing at the output path (and an older file there untouched). An existing
+output that is not a regular file (a directory, a device, a FIFO) is refused before any work.
 """
 
 from __future__ import annotations

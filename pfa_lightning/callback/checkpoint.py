@@ -254,7 +254,8 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     return model.eval()
 
 
-def _unfit_hyperparameters(module_class: type, checkpoint_path: Any, err: BaseException, overrides: dict[str, Any]) -> str:
+def _unfit_hyperparameters(module_class: type, checkpoint_path: Any, err: BaseException,
+                           overrides: dict[str, Any]) -> str:
     """Why ``module_class`` could not be built from the checkpoint's hyperparameters, in one line: the error, the
     saved names its ``__init__`` does not take (Lightning drops those silently), the caller's overrides."""
     cause = str(err.args[0]).rstrip(".") if isinstance(err, PFAError) and err.args else first_line(err)
@@ -285,5 +286,6 @@ def _state_dict_error(err: BaseException) -> str:
     return first_line(err)
 
 
-__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "CheckpointMismatch", "RestoreHook", "already_applied", "check_checkpoint_file", "check_module_class", "check_not_behind",
+__all__ = ["CHECKPOINT_KEY", "HISTORY_VERSION", "CheckpointMismatch", "RestoreHook", "already_applied",
+           "check_checkpoint_file", "check_module_class", "check_not_behind",
            "input_spec", "inputs_from_spec", "load_compressed", "restore_architecture"]

@@ -109,7 +109,8 @@ def shape_spec(shape: tuple[int, ...]) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """The checkpoint's contents (tensors memory-mapped), or one PFAError if they are more than tensors and plain values."""
+    """The checkpoint's contents (tensors memory-mapped); one PFAError if they are more than tensors and plain
+    values."""
     try:
         return load_plain(path)
     except pickle.UnpicklingError:

@@ -125,7 +125,8 @@ def test_other_files_torch_did_not_write_are_named_for_what_they_are(tmp_path):
     legacy = tmp_path / "legacy.ckpt"  # torch's pre-1.6 format, cut short
     torch.save({"state_dict": {"w": torch.zeros(100)}}, legacy, _use_new_zipfile_serialization=False)
     legacy.write_bytes(legacy.read_bytes()[:400])
-    for path, match in [(pickled, "is not a PyTorch checkpoint (a pickle that does not start with torch's magic number;"),
+    for path, match in [(pickled, "is not a PyTorch checkpoint (a pickle that does not start with torch's magic "
+                                  "number;"),
                         (tmp_path / "bundle.zip", "is not a PyTorch checkpoint (a zip archive of notes.txt, without "
                                                   "torch's data.pkl record;"),
                         (legacy, "cannot be read as a PyTorch checkpoint (truncated or not a checkpoint: RuntimeError: "

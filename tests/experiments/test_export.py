@@ -292,7 +292,8 @@ def test_an_output_that_is_not_a_regular_file_is_refused_before_the_checkpoint_i
     output = tmp_path / "model.onnx"
     os.mkfifo(output)
     code, _, stderr = export(tmp_path / "missing.ckpt", "--format", "onnx", "--output", output)
-    assert code == 1 and stderr.startswith(f"Error: `output` {str(output)!r} is a FIFO (named pipe), not a regular file")
+    assert code == 1
+    assert stderr.startswith(f"Error: `output` {str(output)!r} is a FIFO (named pipe), not a regular file")
     assert stat.S_ISFIFO(output.stat().st_mode)
 
 
