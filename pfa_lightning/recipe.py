@@ -311,7 +311,7 @@ def make_recipe(
             groups, diagnostics = info.setdefault(p, ([], {}))
             groups.append(space.root)
             if not diagnostics:
-                starved = not sp.frozen and k < STARVED_UNITS <= space.width
+                starved = not sp.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH
                 note = "too few samples: kept whole" if sp.frozen else f"only {k} kept" if starved else ""
                 diagnostics.update({"inactive": len(sp.inactive), "samples": sp.num_samples, **diag,
                                     **({"note": note} if note else {})})
@@ -345,7 +345,7 @@ def warn_nothing_cut(graph: ModelGraph, analysed: list[ChannelSpace], spectra: l
     warnings.warn(f"The recipe cuts nothing: of the model's {len(spaces)} channel spaces, {counts}.", stacklevel=3)
 
 
-STARVED_UNITS = 4  # a layer of at least this many units cut below it is left with "a handful"
+STARVED_UNITS, STARVED_WIDTH = 4, 16  # a layer of 16+ units cut below 4 is left with "a handful"
 TINY_FRACTION = 0.1  # a decision keeping less than this fraction of the analysed units is suspicious
 
 
@@ -353,7 +353,7 @@ def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list
     """Warn when a decision leaves layers with a handful of units, or (a strategy that was not given a size)
     keeps a tiny fraction of all the analysed units: the network would be near chance before fine-tuning."""
     starved = [f"{space.root} ({k} of {space.width})" for space, k, sp in zip(spaces, counts, spectra)
-               if not sp.frozen and k < STARVED_UNITS <= space.width]
+               if not sp.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH]
     if starved:
         shown = ", ".join(starved[:6]) + (f" and {len(starved) - 6} more" if len(starved) > 6 else "")
         warnings.warn(f"The recipe leaves {len(starved)} layer(s) with fewer than {STARVED_UNITS} units: {shown}. "

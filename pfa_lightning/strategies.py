@@ -188,6 +188,7 @@ class Footprint(Strategy):
     ratio: float | None = None
     metric: str = "params"
     allocation: str = "kl"
+    steps: int = 1
     name: ClassVar[str] = "footprint"
 
     @property
@@ -202,6 +203,20 @@ class Footprint(Strategy):
         object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
         check_choice("metric", self.metric, METRICS)
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        if not is_int(self.steps) or self.steps < 1:
+            raise fail("steps", "an integer >= 1 (the number of compressions that reach the ratio)", self.steps)
+
+    def step(self, left: float, steps_left: int) -> "Footprint":
+        """The one-cut Footprint of a gradual schedule's next step: with ``left`` the fraction of the original
+        footprint the network has now and ``steps_left`` cuts to go (this one included), every step keeps the
+        same share, ``(ratio / left) ** (1 / steps_left)`` of the current network, so the last one lands at
+        ``ratio`` of the original whatever the earlier steps reached (AGP's and DepGraph's idea: reach an
+        aggressive budget in several cuts with training in between)."""
+        if not 1 <= steps_left <= self.steps:
+            raise PFAError(f"Footprint(steps={self.steps}) has no step {self.steps - steps_left + 1}: it takes "
+                           f"{self.steps} compressions (as many `compress_at` epochs).")
+        share = min(1.0, (self.ratio / left) ** (1.0 / steps_left)) if left > 0 else 1.0
+        return dataclasses.replace(self, ratio=share, steps=1)
 
     def _family(self, spectra: Sequence[Spectrum], clamp: Callable[[int, Spectrum], int]
                 ) -> tuple[np.ndarray, Callable[[float], list[int]]]:
@@ -216,6 +231,10 @@ class Footprint(Strategy):
 
     def decide(self, spectra, clamp, probe) -> Decision:
         assert probe is not None, "Footprint needs a footprint probe"
+        if self.steps > 1:
+            raise PFAError(f"Footprint(steps={self.steps}) is a schedule of {self.steps} compressions with training "
+                           f"in between: give it to PFACallback with {self.steps} `compress_at` epochs; for one cut "
+                           f"here, use Footprint({self.ratio:g}) or Footprint.step().")
         candidates, counts_at = self._family(spectra, clamp)
 
         def size(counts: list[int]) -> int:
@@ -240,7 +259,8 @@ class Footprint(Strategy):
         return Decision(counts, diags, summary)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ratio": self.ratio, "metric": self.metric, "allocation": self.allocation}
+        return {"name": self.name, "ratio": self.ratio, "metric": self.metric, "allocation": self.allocation,
+                **({"steps": self.steps} if self.steps > 1 else {})}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pfa_lightning.callback.checks import check_module, check_trainer, pending_epochs
+from pfa_lightning.callback.checks import check_module, check_schedule, check_trainer, pending_epochs, strategy_now
 from pfa_lightning.callback.checkpoint import (CHECKPOINT_KEY, HISTORY_VERSION, RestoreHook, already_applied,
                                                check_not_behind, input_spec, restore_architecture)
 from pfa_lightning.callback.data import (Converted, peek, request_fit_data, shard, single_loader,
@@ -136,6 +136,7 @@ class PFACallback(Callback):
                                          allocation=allocation)
         self.compress_at = check_epochs("compress_at", compress_at, 0,
                                         " (1-based: 1 compresses after the first epoch, 0 before training)")
+        check_schedule(self.strategy, self.compress_at)
         self.selection = resolve_selection(selection)
         if dataloader is not None and not isinstance(dataloader, Iterable):
             raise fail("dataloader", "None (the train dataloader) or an iterable of batches", dataloader)
@@ -280,7 +281,7 @@ class PFACallback(Callback):
         before = footprint_of(pl_module, inputs)
         acc_before, accuracy_on = self._evaluate(trainer, pl_module) if self.validate_after else (None, None)
 
-        recipe, stats = self._decide(trainer, pl_module, inputs, epoch)
+        recipe, stats = self._decide(trainer, pl_module, inputs, epoch, strategy_now(self.strategy, self.history, before))
         old_params = dict(pl_module.named_parameters())
         kept = kept_parameter_indices(pl_module, recipe, inputs) if self.optimizer_state == "transplant" else {}
         old_optimizers = list(trainer.optimizers)
@@ -341,8 +342,8 @@ class PFACallback(Callback):
             self._teacher.release()
             self._teacher = None
 
-    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any,
-                epoch: int) -> tuple[Recipe, ResponseStats]:
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any, epoch: int,
+                strategy: Strategy) -> tuple[Recipe, ResponseStats]:
         """Statistics summed over ranks, then the same recipe on every rank (verified)."""
         data, limit = self._analysis_data(trainer)
         batches = Converted(data, trainer.precision_plugin.convert_input)
@@ -356,7 +357,7 @@ class PFACallback(Callback):
 
         def decide() -> Recipe:
             self.on_statistics(trainer, pl_module, stats)
-            return make_recipe(pl_module, stats, self.strategy, example_inputs=inputs, selection=self.selection,
+            return make_recipe(pl_module, stats, strategy, example_inputs=inputs, selection=self.selection,
                                min_units=self.min_units, coupled=self.coupled, round_to=self.round_to,
                                progress=self.verbose and trainer.is_global_zero)
 

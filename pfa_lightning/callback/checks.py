@@ -44,6 +44,23 @@ def check_trainer(trainer: pl.Trainer, compress_at: list[int], max_samples: int 
         )
 
 
+def check_schedule(strategy: Strategy, compress_at: list[int]) -> None:
+    """A gradual ``Footprint(steps=n)`` takes exactly ``n`` compressions."""
+    steps = getattr(strategy, "steps", 1)
+    if steps > 1 and len(compress_at) != steps:
+        raise PFAError(f"{strategy!r} takes {steps} compressions: give as many `compress_at` epochs "
+                       f"(got {compress_at}), e.g. compress_at={[compress_at[0] + i for i in range(steps)]}.")
+
+
+def strategy_now(strategy: Strategy, history: list[dict[str, Any]], current: dict[str, int]) -> Strategy:
+    """The strategy of the next compression: a gradual ``Footprint(steps=n)``'s next step (its share of what
+    is left, from the footprint before the first compression), else the strategy itself."""
+    if not isinstance(strategy, Footprint) or strategy.steps == 1:
+        return strategy
+    original = history[0][f"{strategy.metric}_before"] if history else current[strategy.metric]
+    return strategy.step(current[strategy.metric] / original, strategy.steps - len(history))
+
+
 def pending_epochs(compress_at: list[int], done: set[int], current_epoch: int) -> list[int]:
     """The compression epochs still to come when training starts after ``current_epoch`` epochs; refuses
     those already past without a recorded compression (a resumed checkpoint written before them)."""
@@ -91,4 +108,4 @@ def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: s
         )
 
 
-__all__ = ["check_module", "check_trainer", "pending_epochs"]
+__all__ = ["check_module", "check_schedule", "check_trainer", "pending_epochs", "strategy_now"]

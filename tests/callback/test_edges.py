@@ -186,3 +186,32 @@ def test_sigterm_during_a_compression_stops_it_within_seconds_and_leaves_the_mod
         proc.kill()
     assert elapsed < 15, f"took {elapsed:.0f} s"
     assert "exit 1 untouched True" in out, (out, err[-2000:])
+
+
+# -- gradual compression (issue 19) ----------------------------------------------------------------
+def test_a_gradual_footprint_reaches_its_target_in_equal_steps():
+    from tests.helpers.callback_models import ResidualNet, loaders
+
+    module = ResidualNet(width=16)
+    full = pfa.count_params(module)
+    callback = PFACallback(pfa.Footprint(0.3, steps=3), compress_at=[1, 2, 3], verbose=False)
+    quiet_trainer(max_epochs=4, callbacks=[callback]).fit(module, *loaders())
+    ratios = [h["params_after"] / h["params_before"] for h in callback.history]
+    assert len(ratios) == 3 and pfa.count_params(module) <= 0.3 * full
+    assert pfa.count_params(module) >= 0.2 * full  # close to the target, not far below it
+    assert all(r < 0.95 for r in ratios) and max(ratios) - min(ratios) < 0.25  # three real, similar cuts
+    assert callback.history[0]["recipe"]["strategy"]["ratio"] == pytest.approx(0.3 ** (1 / 3))
+
+
+def test_a_gradual_footprint_needs_as_many_epochs_and_the_callback():
+    with pytest.raises(pfa.PFAError, match=r"takes 3 compressions: give as many `compress_at` epochs \(got \[5\]\)"):
+        PFACallback(pfa.Footprint(0.1, steps=3), compress_at=5)
+    with pytest.raises(pfa.PFAError, match=r"`steps` must be an integer >= 1"):
+        pfa.Footprint(0.1, steps=0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    x = torch.randn(64, 4)
+    stats = pfa.collect_responses(net, [x], progress=False)
+    with pytest.raises(pfa.PFAError, match=r"is a schedule of 3 compressions"):
+        pfa.make_recipe(net, stats, pfa.Footprint(0.5, steps=3), example_inputs=x[:2])
+    assert pfa.Footprint(0.1, steps=3).step(0.5, 2).ratio == pytest.approx((0.1 / 0.5) ** 0.5)
+    assert pfa.Footprint(0.1, steps=3).step(0.5, 1).ratio == pytest.approx(0.2)  # the last step lands on the target
