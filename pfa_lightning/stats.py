@@ -251,10 +251,9 @@ def collect_responses(
     stats: dict[str, LayerStats] = {}
     hooks, collectors = [], []
     try:
-        for name in candidates:
-            if name not in chosen:
-                continue
-            point = graph.response_point(name)
+        # every response point first: finding one may run the model (custom_readers), which must not feed a collector
+        points = {name: graph.response_point(name) for name in candidates if name in chosen}
+        for name, point in points.items():
             units = module_width(model.get_submodule(name))
             stats[name] = LayerStats.empty(name, units, device, point.description)
             if per_position:
