@@ -8,7 +8,8 @@ plots under ``benchmarks/results/``:
 
 Sections:
 - the main job timed (``benchmarks/main_job.py``, run separately: ~4 min), rendered from its saved results;
-- the budget sweep (``benchmarks/budget_sweep.py``, run separately: ~1 h), rendered from its saved results;
+- the budget sweeps (``benchmarks/budget_sweep.py --dataset fashion_mnist``: ~3 h; ``digits``: ~1 h; run separately),
+  rendered from their saved results; likewise the selection study (``benchmarks/selection_study.py``);
 - ``round_to`` speed-ups and full-size swin_t (``benchmarks/architectures.py``, run separately: ~6 min), likewise;
 - quality at PFA-KL's footprint: full model; PFA-KL; PFA-Energy at 3 thresholds; at PFA-KL's widths: random and
   weight_l1 selection; uniform width scaling at PFA-KL's parameter count; PFA-KL's architecture
@@ -44,12 +45,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 # -- data and training ----------------------------------------------------------------------------
-def load_data(name: str, seed: int, data_dir: str):
-    from pfa_lightning.experiments.datamodules import CIFARDataModule, DigitsDataModule
+def load_data(name: str, seed: int, data_dir: str, train_size: int | None = None):
+    """``digits`` (split seeded by ``seed``), ``fashion_mnist`` (a fixed, class-balanced subset of
+    ``train_size`` training images and a fixed validation split, whatever the seed) or CIFAR."""
+    from pfa_lightning.experiments.datamodules import CIFARDataModule, DigitsDataModule, FashionMNISTDataModule
 
-    dm = DigitsDataModule(seed=seed, batch_size=64) if name == "digits" else CIFARDataModule(
-        name, data_dir=data_dir, batch_size=128, seed=seed, num_workers=2)
-    dm.prepare_data() if name != "digits" else None
+    if name == "digits":
+        dm = DigitsDataModule(seed=seed, batch_size=64)
+    elif name == "fashion_mnist":
+        dm = FashionMNISTDataModule(data_dir=data_dir, train_size=train_size, seed=0, batch_size=128, eval_batch_size=500)
+    else:
+        dm = CIFARDataModule(name, data_dir=data_dir, batch_size=128, seed=seed, num_workers=2)
+    dm.prepare_data()
     dm.setup()
     return dm
 
@@ -85,7 +92,8 @@ def accuracy(model: nn.Module, dm) -> float:
 
 
 def analysis_loader(dm) -> DataLoader:
-    return DataLoader(dm.split("train"), batch_size=256, shuffle=False)
+    """The training images without augmentation, in a fixed order (PFA's analysis, BatchNorm recalibration)."""
+    return dm.analysis_dataloader()
 
 
 # -- the quality arms -----------------------------------------------------------------------------
@@ -400,7 +408,15 @@ def main_job_section() -> list[str]:
 
 def budget_section() -> list[str]:
     """The budget sweep's section (``benchmarks/budget_sweep.py``), when its results exist."""
-    from budget_sweep import RAW, section
+    from budget_sweep import PROTOCOLS, raw_path, section
+
+    paths = [raw_path(d) for d in ("fashion_mnist", *(d for d in PROTOCOLS if d != "fashion_mnist"))]
+    return [line for path in paths if path.exists() for line in section(json.loads(path.read_text()))]
+
+
+def selection_section() -> list[str]:
+    """Selections at equal widths (``benchmarks/selection_study.py``), when its results exist."""
+    from selection_study import RAW, section
 
     return section(json.loads(RAW.read_text())) if RAW.exists() else []
 
@@ -429,6 +445,7 @@ def report(data: dict) -> str:
         "training samples. Numbers are measured on this machine, not quoted from the paper.", "",
         *main_job_section(),
         *budget_section(),
+        *selection_section(),
         *architectures_section(),
         *onnx_section(),
         "## Quality at PFA-KL's own footprint (accuracy in %, mean ± std over seeds)", "",

@@ -111,7 +111,11 @@ CLAIM = ".pfa_run"  # written into a run's output directory when it starts
 
 def claim_output_dir(out: Path, resuming: str | None) -> None:
     """Make ``out`` this run's, atomically: refuse a directory another run claimed (one after the other, or two
-    started at once), unless this run resumes a checkpoint inside it."""
+    started at once), unless this run resumes a checkpoint inside it. Rank zero claims for a distributed run."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # a DDP worker re-running the script: its rank 0 has claimed the directory
+        return
     claim = out / CLAIM
     if resuming is not None and Path(resuming).resolve().is_relative_to(out.resolve()):
         claim.write_text(str(os.getpid()))

@@ -7,6 +7,7 @@ import json
 import warnings
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from rich.console import Console
 
@@ -215,3 +216,64 @@ def test_a_gradual_footprint_needs_as_many_epochs_and_the_callback():
         pfa.make_recipe(net, stats, pfa.Footprint(0.5, steps=3), example_inputs=x[:2])
     assert pfa.Footprint(0.1, steps=3).step(0.5, 2).ratio == pytest.approx((0.1 / 0.5) ** 0.5)
     assert pfa.Footprint(0.1, steps=3).step(0.5, 1).ratio == pytest.approx(0.2)  # the last step lands on the target
+
+
+class DictModule(pl.LightningModule):
+    """A Lightning module whose forward takes the batch's input dict whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+        self.head = torch.nn.Linear(12, 4)
+
+    def forward(self, inputs):
+        return self.head(torch.relu(self.conv(inputs["image"])).amax((2, 3)))
+
+    def training_step(self, batch, batch_idx):
+        inputs, y = batch
+        return torch.nn.functional.cross_entropy(self(inputs), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class DictImages(torch.utils.data.Dataset):
+    def __init__(self, n: int = 64) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i]}, self.y[i]
+
+
+def test_a_lightning_module_whose_forward_takes_a_dict_is_compressed_in_a_fit():
+    module = DictModule()
+    callback = PFACallback(pfa.Footprint(0.5), compress_at=[1], verbose=False)
+    quiet_trainer(max_epochs=2, callbacks=[callback]).fit(module, torch.utils.data.DataLoader(DictImages(), batch_size=16))
+    assert module.conv.out_channels < 12 and len(callback.history) == 1
+
+
+def test_a_recipe_that_cuts_nothing_says_why_and_long_steps_show_progress(capsys):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 2))
+    x = torch.randn(64, 4)
+    stats = pfa.collect_responses(net, [x], progress=False)
+    with pytest.warns(UserWarning, match=r"The recipe cuts nothing: of the model's 3 channel spaces, 1 reaching the "
+                                         r"model output; 2 kept whole by the strategy"):
+        recipe = pfa.make_recipe(net, stats, pfa.KL(), example_inputs=x[:2], min_units=8, progress=True)
+    assert all(layer.kept == layer.original for layer in recipe.layers)
+    assert "PFA trial cuts" in capsys.readouterr().out
+    recipe = pfa.make_recipe(net, stats, pfa.Footprint(0.6), example_inputs=x[:2], progress=True)
+    assert "PFA measuring candidate networks (params)" in capsys.readouterr().out
+
+
+def test_a_compression_reports_each_long_step(caplog):
+    from tests.helpers.callback_models import ResidualNet, loaders
+
+    with caplog.at_level("INFO"):
+        quiet_trainer(max_epochs=1, callbacks=[PFACallback(compress_at=[1])]).fit(ResidualNet(), *loaders())
+    text = caplog.text
+    assert "deciding the recipe" in text and "PFA cut the network to" in text and "recalibrating BatchNorm" in text
