@@ -1,20 +1,26 @@
 """Budget sweep: PFA's footprint mode against the baselines at the budgets users ask for.
 
-For each network and seed the full model is trained (again on a rerun that has runs left); then,
-for every budget (a fraction of the parameters or of the FLOPs) and every arm, a copy is cut, its
-BatchNorm statistics recomputed on the training images (torch's ``update_bn``), fine-tuned for the
-same number of epochs, and tested:
+For each data set, network and seed the full model is trained once (its weights kept under
+``benchmarks/results/bases/``, so every arm of a seed starts from the same network, also after an
+interruption); then, for every budget (a fraction of the parameters or of the FLOPs) and every arm,
+a copy is cut, its BatchNorm statistics recomputed on the training images (torch's ``update_bn``),
+fine-tuned for the same number of epochs, and tested:
 
-- ``footprint``: ``pfa.Footprint(r, metric)``, the library's default allocation;
+- ``footprint``: ``pfa.Footprint(r, metric)``, the library's default allocation and selection;
 - ``footprint-energy``: the paper's common energy threshold, ``Footprint(r, metric, allocation="energy")``;
 - ``uniform``: every layer the same fraction of its units, at the same budget, filters by weight L1 norm
   (the naive baseline: width scaling + magnitude pruning);
-- ``weight_l1``, ``random``: the default footprint's widths, filters chosen by weight L1 norm / at random.
+- ``weight_l1``, ``random``, ``max_energy``: the default footprint's widths, filters chosen by weight L1
+  norm / at random / by ``pfa.MaxEnergy`` (the response energy left unexplained by the kept units);
+- ``scratch``: ``uniform``'s architecture trained from random weights for the same total epochs as the
+  full network plus its fine-tuning (Liu et al. 2019, "Rethinking the value of network pruning").
 
-Results go to ``benchmarks/results/budget_sweep.json`` after every run (a rerun skips finished runs),
-plots to ``benchmarks/results/budget_*.png``; ``run_all.py`` puts the section into BENCHMARKS.md.
+Results go to ``benchmarks/results/budget_sweep[_<dataset>].json`` after every run (a rerun skips
+finished runs, so an interrupted sweep resumes), plots to ``benchmarks/results/budget_<dataset>_*.png``;
+``run_all.py`` puts the sections into BENCHMARKS.md.
 
-    python benchmarks/budget_sweep.py                              # the whole sweep (~1 h on 2 CPU cores)
+    python benchmarks/budget_sweep.py --dataset fashion_mnist      # the benchmark (~3 h on 2 CPU cores)
+    python benchmarks/budget_sweep.py                              # digits, the fast smoke sweep (~1 h)
     python benchmarks/budget_sweep.py --nets vgg16 --seeds 1 --budgets params:0.1
 """
 
@@ -37,11 +43,25 @@ from pfa_lightning.models import build  # noqa: E402
 from run_all import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, train  # noqa: E402
 
 NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
-BUDGETS = ["params:0.5", "params:0.25", "params:0.1", "params:0.05", "flops:0.5", "flops:0.25", "flops:0.1"]
-LONG = ["params:0.25", "params:0.1"]
+ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch")
+DEFAULT_ARM = "footprint"  # the library's default: pfa.Footprint(r, metric) with its default selection
 LONG_ARMS = ("footprint", "uniform", "weight_l1")
-ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random")
-RAW = RESULTS / "budget_sweep.json"
+# per data set: the protocol's defaults (each a command-line option)
+PROTOCOLS = {
+    "digits": {"budgets": ["params:0.5", "params:0.25", "params:0.1", "params:0.05", "flops:0.5", "flops:0.25",
+                           "flops:0.1"],
+               "long": ["params:0.25", "params:0.1"], "arms": list(ARMS[:5]), "epochs": 6, "finetune_epochs": 3,
+               "long_epochs": 10, "lr": 0.05, "max_samples": 1500, "train_size": None},
+    "fashion_mnist": {"budgets": ["params:0.5", "params:0.25", "params:0.1", "params:0.05", "flops:0.25", "flops:0.1"],
+                      "long": [], "arms": list(ARMS), "epochs": 15, "finetune_epochs": 4, "long_epochs": 15,
+                      "lr": 0.05, "max_samples": 2000, "train_size": 10000},
+}
+# published full-size references (zalandoresearch/fashion-mnist's benchmark table; ../shared/QUALITY.md)
+REFERENCES = {"fashion_mnist": "published full-size, all 60,000 images: VGG-16 93.5%, ResNet-18 94.9%"}
+
+
+def raw_path(dataset: str) -> Path:
+    return RESULTS / ("budget_sweep.json" if dataset == "digits" else f"budget_sweep_{dataset}.json")
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -50,11 +70,13 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 
 def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, default_recipe=None) -> pfa.Recipe:
-    if arm in ("weight_l1", "random"):  # the default footprint's widths, another selection
+    if arm in ("weight_l1", "random", "max_energy"):  # the default footprint's widths, another selection
         assert default_recipe is not None
         counts = {layer.group: layer.kept for layer in default_recipe.layers}
-        selection = pfa.WeightL1() if arm == "weight_l1" else pfa.Random(seed)
+        selection = {"weight_l1": pfa.WeightL1(), "random": pfa.Random(seed), "max_energy": pfa.MaxEnergy()}[arm]
         return pfa.make_recipe(model, stats, _FixedWidths(counts), example_inputs=x, selection=selection)
+    if arm == "scratch":
+        arm = "uniform"  # its architecture, trained from random weights
     allocation = {"footprint": None, "footprint-energy": "energy", "uniform": "uniform"}[arm]
     strategy = pfa.Footprint(ratio, metric) if allocation is None else pfa.Footprint(ratio, metric, allocation=allocation)
     selection = pfa.WeightL1() if arm == "uniform" else "abs_max"  # the naive baseline: uniform width, L1 filters
@@ -83,35 +105,71 @@ def arms_for(args, epochs: int) -> list[str]:
     return [a for a in args.arms if epochs == args.finetune_epochs or a in args.long_arms]
 
 
+def base_network(args, net: str, seed: int, dm, data: dict, started: float):
+    """The trained full network of (data set, net, seed): loaded from ``results/bases/`` when an earlier run
+    (of this sweep or of ``selection_study.py``) trained it under the same protocol, else trained now and
+    kept there (written atomically). Its test accuracy is recorded as run ``<net>|<seed>|full``."""
+    path = RESULTS / "bases" / f"{args.dataset}-{net}-{seed}.pt"
+    protocol = {"epochs": args.epochs, "lr": args.lr, "train_size": args.train_size}
+    torch.manual_seed(seed)
+    base = build(net, num_classes=dm.num_classes, in_channels=dm.in_channels, **NETS[net])
+    saved = torch.load(path, weights_only=True) if path.exists() else None
+    if saved is not None and saved["protocol"] == protocol:
+        base.load_state_dict(saved["state_dict"])
+        data["runs"][f"{net}|{seed}|full"] = {"final": saved["accuracy"], "seconds": saved["seconds"]}
+        return base
+    t0 = time.time()
+    train(base, dm, args.epochs, args.lr)
+    acc, seconds = accuracy(base, dm), time.time() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": base.state_dict(), "protocol": protocol, "accuracy": acc, "seconds": seconds},
+               path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    data["runs"][f"{net}|{seed}|full"] = {"final": acc, "seconds": seconds}
+    print(f"[{time.time() - started:5.0f}s] {net} seed {seed}: full accuracy {acc:.4f} ({args.epochs} epochs, "
+          f"{seconds:.0f} s)", flush=True)
+    return base
+
+
+def reinitialised(model):
+    """The same architecture with fresh random weights (every module's own ``reset_parameters``)."""
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+    return fresh
+
+
 def run(args) -> dict:
-    data = json.loads(RAW.read_text()) if RAW.exists() and not args.fresh else {"runs": {}}
-    data["args"] = {k: v for k, v in vars(args).items() if k != "fresh"}
+    raw = raw_path(args.dataset)
+    data = json.loads(raw.read_text()) if raw.exists() and not args.fresh else {"runs": {}}
+    data["args"] = {k: v for k, v in vars(args).items() if k not in ("fresh", "render_only")}
     data["machine"] = machine()
     started = time.time()
 
     def save():
         data["seconds"] = data.get("seconds", 0) + (time.time() - save.last)
         save.last = time.time()
-        RAW.write_text(json.dumps(data, indent=1))
+        tmp = raw.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(raw)
     save.last = started
 
-    for net in args.nets:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):
+        for net in args.nets:
             todo = [(b, e) for b in args.budgets for e in [args.finetune_epochs] + ([args.long_epochs] if b in args.long else [])
                     if any(f"{net}|{seed}|{b}|{arm}|{e}" not in data["runs"] for arm in arms_for(args, e))]
             if not todo:
                 continue
-            torch.manual_seed(seed)
-            dm = load_data("digits", seed, "data")
-            base = build(net, num_classes=10, **NETS[net])
-            train(base, dm, args.epochs, args.lr)
-            full_acc = accuracy(base, dm)
-            data["runs"][f"{net}|{seed}|full"] = {"final": full_acc}
+            dm = load_data(args.dataset, seed, "data", args.train_size)
+            base = base_network(args, net, seed, dm, data, started)
+            save()
             x = next(iter(dm.test_dataloader()))[0][:8]
             analysis = analysis_loader(dm)
             stats = pfa.collect_responses(base, analysis, max_samples=args.max_samples, progress=False)
             params0, flops0 = pfa.count_params(base), pfa.count_flops(base, x)
-            print(f"[{time.time() - started:5.0f}s] {net} seed {seed}: full accuracy {full_acc:.4f}", flush=True)
             for budget, epochs in todo:
                 metric, ratio = parse_budget(budget)
                 default_recipe = recipe_for("footprint", base, stats, x, metric, ratio, seed)
@@ -119,23 +177,29 @@ def run(args) -> dict:
                     key = f"{net}|{seed}|{budget}|{arm}|{epochs}"
                     if key in data["runs"]:
                         continue
+                    t0 = time.time()
                     torch.manual_seed(seed)
                     recipe = default_recipe if arm == "footprint" else recipe_for(arm, base, stats, x, metric, ratio,
                                                                                   seed, default_recipe)
                     cut = copy.deepcopy(base)
                     pfa.apply_recipe(cut, recipe, example_inputs=x)
-                    cut_acc = accuracy(cut, dm)
-                    update_bn(analysis, cut)
-                    recal_acc = accuracy(cut, dm)
-                    train(cut, dm, epochs, args.lr * 0.2)
+                    if arm == "scratch":  # the uniform architecture from random weights, the whole training budget
+                        cut = reinitialised(cut)
+                        cut_acc = recal_acc = float("nan")
+                        train(cut, dm, args.epochs + epochs, args.lr)
+                    else:
+                        cut_acc = accuracy(cut, dm)
+                        update_bn(analysis, cut)
+                        recal_acc = accuracy(cut, dm)
+                        train(cut, dm, epochs, args.lr * 0.2)
                     data["runs"][key] = {
                         "params": pfa.count_params(cut) / params0, "flops": pfa.count_flops(cut, x) / flops0,
                         "after_surgery": cut_acc, "after_recalibration": recal_acc, "final": accuracy(cut, dm),
-                        "widths": [layer.kept for layer in recipe.layers],
+                        "widths": [layer.kept for layer in recipe.layers], "seconds": time.time() - t0,
                     }
                     save()
                     print(f"[{time.time() - started:5.0f}s] {key}: {data['runs'][key]['final']:.4f} "
-                          f"({metric} {data['runs'][key][metric]:.3f})", flush=True)
+                          f"({metric} {data['runs'][key][metric]:.3f}, {time.time() - t0:.0f} s)", flush=True)
     save()
     return data
 
@@ -150,9 +214,10 @@ def _nets_with_runs(data: dict) -> list[str]:
     return [net for net in data["args"]["nets"] if any(k.startswith(f"{net}|") for k in data["runs"])]
 
 
-def verdict(data: dict, net: str, budget: str, epochs: int) -> str:
-    """The default footprint against uniform and weight-L1: >= within one standard deviation, or a loss."""
-    ours = _values(data, net, budget, "footprint", epochs, "final")
+def verdict(data: dict, net: str, budget: str, epochs: int, min_seeds: int = 3) -> str:
+    """The default against uniform and weight-L1: a win or a loss only beyond the larger of the two arms' standard
+    deviations, a tie within it; with fewer than ``min_seeds`` seeds on either side, the gap alone (no verdict)."""
+    ours = _values(data, net, budget, DEFAULT_ARM, epochs, "final")
     if not ours:
         return "—"
     words = []
@@ -161,13 +226,16 @@ def verdict(data: dict, net: str, budget: str, epochs: int) -> str:
         if not theirs:
             continue
         gap = mean(ours) - mean(theirs)
-        spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (ours, theirs))
-        if gap >= 0:
-            words.append(f"wins vs {rival} (+{100 * gap:.1f})")
-        elif -gap <= spread:
-            words.append(f"ties {rival} ({100 * gap:.1f}, within 1 std)")
+        if min(len(ours), len(theirs)) < min_seeds:
+            words.append(f"{100 * gap:+.1f} vs {rival} ({min(len(ours), len(theirs))} seed(s): no verdict yet)")
+            continue
+        spread = max(statistics.stdev(v) for v in (ours, theirs))
+        if abs(gap) <= spread:
+            words.append(f"ties {rival} ({100 * gap:+.1f}, within 1 std)")
+        elif gap > 0:
+            words.append(f"**wins** vs {rival} ({100 * gap:+.1f})")
         else:
-            words.append(f"**loses** to {rival} ({100 * gap:.1f})")
+            words.append(f"**loses** to {rival} ({100 * gap:+.1f})")
     return "; ".join(words)
 
 
@@ -200,11 +268,12 @@ def plots(data: dict) -> list[str]:
                 ax.axhline(100 * mean(full), color="grey", ls="--", lw=1, label="full model")
             ax.set_xscale("log")
             ax.set(xlabel=f"budget (fraction of the {metric})", ylabel="test accuracy after fine-tuning (%)",
-                   title=f"{net}: accuracy versus {metric} budget")
+                   title=f"{net} on {args.get('dataset', 'digits')}: accuracy versus {metric} budget")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
-            name = f"budget_{net}_{metric}.png"
+            dataset = args.get("dataset", "digits")
+            name = f"budget_{net}_{metric}.png" if dataset == "digits" else f"budget_{dataset}_{net}_{metric}.png"
             fig.savefig(RESULTS / name, dpi=120)
             plt.close(fig)
             names.append(name)
@@ -214,20 +283,33 @@ def plots(data: dict) -> list[str]:
 def section(data: dict) -> list[str]:
     """The BENCHMARKS.md section: one table per network, a computed verdict per budget."""
     args = data["args"]
-    out = ["## Budget sweep: the footprint mode against the baselines", "",
-           f"Produced by `python benchmarks/budget_sweep.py` ({data.get('seconds', 0) / 60:.0f} min of compute) on: "
-           f"{data['machine']}. Digits; each network trained {args['epochs']} epochs (SGD, cosine, lr {args['lr']}), "
-           f"analysed on at most {args['max_samples']} training images; every arm then gets BatchNorm recalibration "
-           f"(torch's update_bn on the training images) and {args['finetune_epochs']} fine-tuning epochs at lr {args['lr'] * 0.2:g} "
-           f"({args['long_epochs']} at {', '.join(args['long'])}, for {', '.join(args['long_arms'])}). Accuracy in %, mean ± std over {args['seeds']} "
-           "seeds. `footprint` is `pfa.Footprint(r, metric)` with its default allocation; `weight_l1` and `random` "
-           "use `footprint`'s widths. Verdict: the default against uniform and weight-L1; a gap smaller than the "
-           "larger of the two arms' standard deviations counts as a tie. Training on this CPU is not bitwise "
-           "reproducible (a rerun of one arm moved ResNet-20 at 25% by 5.6 points), so read single cells with "
-           "their spread.", ""]
+    dataset = args.get("dataset", "digits")
+    seeds_done = {k.split("|")[1] for k in data["runs"] if k.endswith("|full")}
+    what = {"digits": "Digits (scikit-learn's 1,797 8x8 images: the fast smoke sweep; it cannot rank methods — "
+                      "full networks at 98-99%, 360 test images)",
+            "fashion_mnist": f"Fashion-MNIST: a fixed, class-balanced subset of {args.get('train_size')} of the 60,000 "
+                             "training images (10% of it held out for validation), resized to 32x32, random 2-pixel "
+                             "crops and flips; tested on all 10,000 test images"}.get(dataset, dataset)
+    long = (f" ({args['long_epochs']} at {', '.join(args['long'])}, for {', '.join(args['long_arms'])})"
+            if args["long"] else "")
+    out = [f"## Budget sweep on {dataset}: the footprint mode against the baselines", "",
+           f"Produced by `python benchmarks/budget_sweep.py --dataset {dataset}` ({data.get('seconds', 0) / 60:.0f} min "
+           f"of compute so far) on: {data['machine']}. {what}. Each network trained {args['epochs']} epochs (SGD, "
+           f"cosine, lr {args['lr']}), analysed on at most {args['max_samples']} training images; every arm then gets "
+           f"BatchNorm recalibration (torch's update_bn on the training images) and {args['finetune_epochs']} "
+           f"fine-tuning epochs at lr {args['lr'] * 0.2:g}{long}"
+           + (f"; `scratch` trains `uniform`'s architecture from random weights for {args['epochs']} + "
+              f"{args['finetune_epochs']} epochs at lr {args['lr']}" if "scratch" in args["arms"] else "")
+           + f". Accuracy in %, mean ± "
+           f"std over the seeds run so far ({len(seeds_done)} of {args['seeds']} planned). `footprint` is "
+           "`pfa.Footprint(r, metric)` with its default allocation and the paper's AbsMax selection; `weight_l1`, "
+           "`random` and `max_energy` use `footprint`'s widths. Verdict: the default against uniform and weight-L1, "
+           "given from 3 seeds on: a win or a loss beyond the larger of the two arms' standard deviations, a tie "
+           "within it. Training on this CPU is not bitwise reproducible, so read single cells with their spread.", ""]
     for net in _nets_with_runs(data):
         full = [r["final"] for k, r in data["runs"].items() if k.startswith(f"{net}|") and k.endswith("|full")]
-        out += [f"### {net} {NETS.get(net, {})} — full model {pm(full)}", "",
+        ref = f" ({REFERENCES[dataset]})" if dataset in REFERENCES else ""
+        out += [f"### {net} {NETS.get(net, {})} — full model {pm(full)}{ref}", "",
                 "| budget | epochs | " + " | ".join(args["arms"]) + " | footprint: size reached | verdict |",
                 "| --- | ---: | " + " | ".join("---:" for _ in args["arms"]) + " | ---: | --- |"]
         for budget in args["budgets"]:
@@ -236,12 +318,12 @@ def section(data: dict) -> list[str]:
                 if all(c == "—" for c in cells):
                     continue
                 metric = parse_budget(budget)[0]
-                size = pm(_values(data, net, budget, "footprint", epochs, metric))
+                size = pm(_values(data, net, budget, DEFAULT_ARM, epochs, metric))
                 out.append(f"| {budget} | {epochs} | " + " | ".join(cells) + f" | {size} | {verdict(data, net, budget, epochs)} |")
         out.append("")
     recal = [(net, b) for net in args["nets"] for b in args["budgets"]]
-    before = [v for net, b in recal for v in _values(data, net, b, "footprint", args["finetune_epochs"], "after_surgery")]
-    after = [v for net, b in recal for v in _values(data, net, b, "footprint", args["finetune_epochs"], "after_recalibration")]
+    before = [v for net, b in recal for v in _values(data, net, b, DEFAULT_ARM, args["finetune_epochs"], "after_surgery")]
+    after = [v for net, b in recal for v in _values(data, net, b, DEFAULT_ARM, args["finetune_epochs"], "after_recalibration")]
     if before:
         out += [f"Accuracy right after surgery (default footprint, all budgets and seeds): {pm(before)} before "
                 f"BatchNorm recalibration, {pm(after)} after.", ""]
@@ -251,23 +333,31 @@ def section(data: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits", choices=list(PROTOCOLS),
+                        help="sets the protocol's defaults below (fashion_mnist: the benchmark)")
+    dataset = parser.parse_known_args()[0].dataset
+    protocol = PROTOCOLS[dataset]
     parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
-    parser.add_argument("--budgets", nargs="+", default=BUDGETS)
-    parser.add_argument("--long", nargs="*", default=LONG, help="budgets that also get --long-epochs of fine-tuning")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--budgets", nargs="+", default=protocol["budgets"])
+    parser.add_argument("--long", nargs="*", default=protocol["long"],
+                        help="budgets that also get --long-epochs of fine-tuning")
+    parser.add_argument("--arms", nargs="+", default=protocol["arms"], choices=list(ARMS))
     parser.add_argument("--long-arms", nargs="+", default=list(LONG_ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--long-epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--max-samples", type=int, default=1500)
+    parser.add_argument("--epochs", type=int, default=protocol["epochs"])
+    parser.add_argument("--finetune-epochs", type=int, default=protocol["finetune_epochs"])
+    parser.add_argument("--long-epochs", type=int, default=protocol["long_epochs"])
+    parser.add_argument("--lr", type=float, default=protocol["lr"])
+    parser.add_argument("--max-samples", type=int, default=protocol["max_samples"])
+    parser.add_argument("--train-size", type=int, default=protocol["train_size"],
+                        help="a fixed subset of the training images (fashion_mnist)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--render-only", action="store_true", help="print the section from the saved results")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other work shares the CPU)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = json.loads(RAW.read_text()) if args.render_only else run(args)
+    data = json.loads(raw_path(args.dataset).read_text()) if args.render_only else run(args)
     print("\n".join(section(data)))
 
 
