@@ -14,11 +14,11 @@ from pathlib import Path
 
 import hydra
 
-from pfa_lightning.experiments.cli import experiment
+from pfa_lightning.experiments.cli import experiment, with_extras_checked
 
 # absolute: Hydra resolves a relative path from the module defining `experiment`, not from this file
-main = hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"),
-                  config_name="config")(experiment)
+main = with_extras_checked(hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"),
+                                      config_name="config")(experiment))
 
 if __name__ == "__main__":
     main()

@@ -42,7 +42,22 @@ def experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
     return objective_values(cfg, results)
 
 
-main = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(experiment)
+def with_extras_checked(app):
+    """``app`` (a Hydra main), refusing first a command-line choice whose optional extra is not installed."""
+    def main() -> None:
+        from pfa_lightning.experiments.extras import check_command_line
+
+        hint = check_command_line()
+        if hint is not None:
+            print(f"Error: {hint}", file=sys.stderr)
+            sys.exit(1)
+        app()
+    main.__doc__ = app.__doc__
+    return main
+
+
+main = with_extras_checked(hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
+                                      config_name="config")(experiment))
 
 if __name__ == "__main__":
     main()

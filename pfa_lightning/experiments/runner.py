@@ -26,6 +26,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pfa_lightning.callback import PFACallback
 from pfa_lightning.callback.data import shard
 from pfa_lightning.errors import PFAError
+from pfa_lightning.experiments.extras import require
 from pfa_lightning.experiments.run_checks import (RunIdentity, check_resume_settings, check_run_settings,
                                                   claim_output_dir, resume_from, run_identity, run_settings)
 from pfa_lightning.footprint import count_flops, count_params
@@ -145,6 +146,7 @@ def _loggers(cfg: DictConfig, out: Path) -> list:
         if conf is None or "_target_" not in conf:
             continue
         if conf._target_.endswith("WandbLogger"):
+            require("wandb", "logger=wandb", "wandb")
             job, sweep = _job_identity(cfg, out)
             conf = OmegaConf.merge(conf, {"name": conf.get("name") or job, "group": conf.get("group") or sweep})
         loggers.append(instantiate(conf))
