@@ -75,24 +75,22 @@ def model_inputs(batches: Iterable[Any], max_samples: int | None,
 
 
 def takes_one_dict(model: torch.nn.Module, inputs: Any) -> bool:
-    """Whether a dict of inputs goes to ``model`` as its one argument (``forward(self, batch)``) rather than
-    as keywords: its ``forward`` has one required positional parameter, and the dict's keys are not all
-    among its parameters (nor does it take ``**kwargs``)."""
+    """Whether a dict of inputs goes to ``model`` as its one argument (``forward(self, batch)``, with or without
+    ``**kwargs``) rather than as keywords: the dict's keys are not all named parameters of ``forward``, and it
+    has exactly one required positional parameter, which no key names."""
     if not isinstance(inputs, dict):
         return False
     try:
         parameters = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return False
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+    named = {p.name for p in parameters if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    if set(inputs) <= named:
         return False
-    if set(inputs) <= {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}:
-        return False
-    positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     required = [p for p in parameters if p.default is inspect.Parameter.empty
-                and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    return bool(positional) and len(required) <= 1 and all(p is positional[0] for p in required)
+                and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    return (len(required) == 1 and required[0].name not in inputs
+            and required[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
 
 
 def call_arguments(model: torch.nn.Module, inputs: Any) -> Any:

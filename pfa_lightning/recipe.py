@@ -20,7 +20,7 @@ from pfa_lightning.selection import SelectionLike, resolve_selection, select_uni
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
 from pfa_lightning.strategies import Strategy, resolve_strategy
-from pfa_lightning.validation import check_choice, check_int, fail
+from pfa_lightning.validation import check_choice, check_int, fail, listed
 
 COUPLED_MODES = ("joint", "skip")
 RECIPE_VERSION = 1
@@ -234,7 +234,7 @@ def make_recipe(
 
     graph = ModelGraph(model, example_inputs)
     if graph.fenced:
-        named = ", ".join(graph.fenced[:6]) + (f" and {len(graph.fenced) - 6} more" if len(graph.fenced) > 6 else "")
+        named = listed(graph.fenced)
         warnings.warn(f"The channels of {named} pass through a reshape -> permute -> reshape (e.g. a channel "
                       "shuffle), which Torch-Pruning cannot map: they are left whole.", stacklevel=2)
     if graph.tied:
@@ -273,7 +273,7 @@ def make_recipe(
         members = [stats[p].select(space.index_map[p]) for p in space.producers]
         spectrum = Spectrum(space.root, pooled_covariance(members), min(s.num_samples for s in members))
         for s in (stats[p] for p in space.producers if stats[p].num_samples <= space.width):
-            warn_small(s, frozen=s.num_samples < space.width)
+            warn_small(s, space.width)
         # DNIKit's rule: a space is analysed with as many samples as units, kept whole with fewer
         spectrum.frozen = any(stats[p].num_samples < space.width for p in space.producers)
         spectrum.step = space.step(round_to)
@@ -297,7 +297,7 @@ def make_recipe(
 
         decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
     if all(k >= sp.units for k, sp in zip(decision.counts, spectra)):
-        warn_nothing_cut(graph, spaces, spectra, broken, stats)
+        warn_nothing_cut(graph, spectra, broken, stats, min_units, coupled)
 
     # one entry per producer; a producer spanning several spaces (added to a concatenation) merges them
     removed: dict[str, set[int]] = {}
@@ -327,19 +327,23 @@ def make_recipe(
     return Recipe(layers, strategy.to_dict(), selection_name(chooser), _plain(decision.summary))
 
 
-def warn_nothing_cut(graph: ModelGraph, analysed: list[ChannelSpace], spectra: list[Spectrum],
-                     broken: Mapping[str, str], stats: ResponseStats) -> None:
+def warn_nothing_cut(graph: ModelGraph, spectra: list[Spectrum], broken: Mapping[str, str], stats: ResponseStats,
+                     min_units: int, coupled: str) -> None:
     """Say why a recipe cuts nothing, with counts: which channel spaces were never candidates, and why."""
     spaces = graph.spaces
+    floor = sum(not sp.frozen and min_units >= sp.units for sp in spectra)
     reasons = {
         "fenced (a reshape -> permute -> reshape)": sum(s.fenced for s in spaces),
         "sharing a tied parameter": sum(bool(s.tied) and not s.fenced for s in spaces),
         "reaching the model output": sum(s.reaches_output and not s.fenced and not s.tied for s in spaces),
         "without statistics (excluded or not collected)": sum(
             not s.reaches_output and any(p not in stats for p in s.producers) for s in spaces),
+        "coupled, left whole by coupled='skip'": sum(
+            coupled == "skip" and s.coupled and not s.reaches_output for s in spaces),
         "broken by a trial cut (a width hard-coded in the model)": len(broken),
         "with fewer samples than units": sum(sp.frozen for sp in spectra),
-        "kept whole by the strategy (their spectra call for every unit)": sum(not sp.frozen for sp in spectra),
+        f"kept whole by min_units={min_units}": floor,
+        "kept whole by the strategy (their spectra call for every unit)": sum(not sp.frozen for sp in spectra) - floor,
     }
     counts = "; ".join(f"{n} {why}" for why, n in reasons.items() if n)
     warnings.warn(f"The recipe cuts nothing: of the model's {len(spaces)} channel spaces, {counts}.", stacklevel=3)
@@ -355,7 +359,7 @@ def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list
     starved = [f"{space.root} ({k} of {space.width})" for space, k, sp in zip(spaces, counts, spectra)
                if not sp.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH]
     if starved:
-        shown = ", ".join(starved[:6]) + (f" and {len(starved) - 6} more" if len(starved) > 6 else "")
+        shown = listed(starved)
         warnings.warn(f"The recipe leaves {len(starved)} layer(s) with fewer than {STARVED_UNITS} units: {shown}. "
                       "Check the spectra; a milder strategy (a higher energy threshold, PFA-KL, or a Footprint "
                       "ratio) or `min_units` keeps more.", stacklevel=3)

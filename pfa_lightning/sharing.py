@@ -13,22 +13,24 @@ from pfa_lightning.nested import map_nested, run_model
 
 
 def tied_parameters(model: nn.Module) -> dict[nn.Module, list[str]]:
-    """Modules holding a parameter that another module (or another name) holds too — weight tying — with every
-    name of those parameters. Parameters sharing storage count as tied as well."""
-    holders: dict[tuple[int, int], list[tuple[nn.Module, str]]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
+    """Modules holding a parameter that another module holds too, or that one module holds under two names —
+    weight tying — with every name of those parameters. Parameters sharing storage count as tied as well. A
+    module reachable under two names (``self.first = self.net[0]``) is one module: not tied."""
+    holders: dict[tuple, list[tuple[nn.Module, str, str]]] = {}
+    for module_name, module in model.named_modules():  # each module once, under its first name
         for param_name, param in module._parameters.items():
             if param is None:
                 continue
-            key = (param.untyped_storage().data_ptr(), param.storage_offset()) if param.numel() else (id(param), -1)
-            holders.setdefault(key, []).append((module, f"{module_name}.{param_name}".lstrip(".")))
-    tied: dict[nn.Module, list[str]] = {}
+            real = param.numel() > 0 and param.device.type != "meta"  # meta and empty tensors have no storage
+            key = (param.device, param.untyped_storage().data_ptr(), param.storage_offset()) if real else (id(param),)
+            holders.setdefault(key, []).append((module, param_name, f"{module_name}.{param_name}".lstrip(".")))
+    tied: dict[nn.Module, set[str]] = {}
     for entries in holders.values():
-        if len(entries) > 1:
-            names = sorted({n for _, n in entries})
-            for module, _ in entries:
-                tied[module] = names
-    return tied
+        if len({(id(module), attr) for module, attr, _ in entries}) > 1:
+            names = {name for _, _, name in entries}
+            for module, _, _ in entries:
+                tied.setdefault(module, set()).update(names)
+    return {module: sorted(names) for module, names in tied.items()}
 
 
 def custom_readers(model: nn.Module, inputs: Any, producers: tuple[type, ...]) -> dict[str, list[str]]:

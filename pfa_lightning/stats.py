@@ -297,16 +297,15 @@ def _run(model: nn.Module, first: Any, rest: Iterator[Any], device: torch.device
         raise PFAError(f"The analysis data gave {seen} sample(s); PFA needs at least 2.")
 
 
-def warn_small(stats: LayerStats, frozen: bool) -> None:
-    """Warn that a layer has no more samples than units: its covariance is rank-deficient.
-
-    With fewer samples than units the layer is left whole (``frozen``); with exactly as many it is
-    analysed, as Apple's DNIKit does (its regression tests analyse a 128-unit layer on 128 images),
-    although ``n`` samples give a covariance of rank at most ``n - 1``."""
-    what = ("so it is left uncompressed" if frozen else
+def warn_small(stats: LayerStats, units: int) -> None:
+    """Warn that a layer has no more samples than the ``units`` of its channel space: the covariance is
+    rank-deficient. With fewer samples the space is left whole; with exactly as many it is analysed, as Apple's
+    DNIKit does (its regression tests analyse a 128-unit layer on 128 images), although ``n`` samples give a
+    covariance of rank at most ``n - 1``."""
+    what = ("so it is left uncompressed" if stats.num_samples < units else
             "it is analysed (as DNIKit does), but its spectrum is less reliable")
     warnings.warn(
-        f"Layer {stats.name!r} has {stats.num_samples} response samples for {stats.units} units; its covariance "
+        f"Layer {stats.name!r} has {stats.num_samples} response samples for {units} units; its covariance "
         f"is rank-deficient, {what}. Collect more samples (raise `max_samples`) to compress it reliably.",
         stacklevel=3,
     )

@@ -16,6 +16,12 @@ def fail(name: str, allowed: str, value: Any) -> PFAError:
     return PFAError(f"`{name}` must be {allowed}, got {value!r}.")
 
 
+def listed(names: Iterable[Any], most: int = 6) -> str:
+    """``"a, b, c and 4 more"``: the first ``most`` names, for a message that stays one line."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -82,5 +88,5 @@ def check_epochs(name: str, value: Any, minimum: int = 1, note: str = "") -> lis
     return sorted(int(e) for e in epochs)
 
 
-__all__ = ["check_bool", "check_choice", "check_epochs", "check_fraction", "check_int", "check_patterns", "check_positive", "fail",
+__all__ = ["listed", "check_bool", "check_choice", "check_epochs", "check_fraction", "check_int", "check_patterns", "check_positive", "fail",
            "is_int", "is_sequence"]

@@ -24,7 +24,7 @@ from pfa_lightning.callback.data import (Converted, peek, request_fit_data, shar
 from pfa_lightning.callback.distill import DISTILL_NEEDS_AUTOMATIC, Distillation, Teacher
 from pfa_lightning.callback.distributed import (all_reduce, check_same_decision, recalibrate_on_every_rank,
                                                 rewrap_ddp, sync_buffers, together)
-from pfa_lightning.callback.interrupts import interruptible
+from pfa_lightning.callback.interrupts import prompt_sigterm
 from pfa_lightning.callback.monitors import restart_monitors
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
 from pfa_lightning.callback.report import (compression_metrics, footprint_of, log_to_loggers, monitored_metrics,
@@ -272,7 +272,6 @@ class PFACallback(Callback):
                 log_to_loggers(trainer, {"pfa/acc_end": accuracy})
 
     # -- the compression ---------------------------------------------------------------------------
-    @interruptible  # a SIGTERM stops a long compression within seconds
     def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Recipe:
         """Analyse, decide, cut, rebuild the optimizers (and the DDP wrapper), log; returns the recipe."""
         training = {m: m.training for m in pl_module.modules()}
@@ -281,7 +280,9 @@ class PFACallback(Callback):
         before = footprint_of(pl_module, inputs)
         acc_before, accuracy_on = self._evaluate(trainer, pl_module) if self.validate_after else (None, None)
 
-        recipe, stats = self._decide(trainer, pl_module, inputs, epoch, strategy_now(self.strategy, self.history, before))
+        strategy = strategy_now(self.strategy, self.history, before)  # a gradual Footprint's next step
+        with prompt_sigterm(trainer.world_size == 1):  # minutes on a large model: a SIGTERM stops it within seconds
+            recipe, stats = self._decide(trainer, pl_module, inputs, epoch, strategy)
         old_params = dict(pl_module.named_parameters())
         kept = kept_parameter_indices(pl_module, recipe, inputs) if self.optimizer_state == "transplant" else {}
         old_optimizers = list(trainer.optimizers)
@@ -406,7 +407,6 @@ class PFACallback(Callback):
             return (*shard(val, trainer.global_rank, trainer.world_size, None), "validation")
         return (*self._analysis_data(trainer), "analysis-data")
 
-    # -- measuring ---------------------------------------------------------------------------------
     def accuracy_counts(self, pl_module: pl.LightningModule, batch: Any) -> tuple[int, int] | None:
         """Correct predictions and samples in one batch, or None if it is not classification.
 

@@ -20,7 +20,7 @@ from pfa_lightning.nested import map_nested
 from pfa_lightning.recipe import Recipe
 from pfa_lightning.stats import model_device
 from pfa_lightning.surgery import apply_recipe
-from pfa_lightning.validation import fail
+from pfa_lightning.validation import fail, listed
 
 CHECKPOINT_KEY = "pfa"  # top-level checkpoint entry: {"version", "example_inputs", "history"}
 HISTORY_VERSION = 1
@@ -269,8 +269,7 @@ def _unfit_hyperparameters(module_class: type, checkpoint_path: Any, err: BaseEx
         if isinstance(saved, dict) and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
             unknown = [str(k) for k in saved if k not in parameters]
             if unknown:
-                more = f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
-                parts.append(f"its __init__ takes no {', '.join(unknown[:6])}{more}")
+                parts.append(f"its __init__ takes no {listed(unknown)}")
     overridden = [k for k in overrides if k not in ("map_location", "hparams_file", "strict", "weights_only")]
     if overridden:
         parts.append(f"with your overrides of {', '.join(overridden)}")

@@ -1,44 +1,41 @@
-"""A compression runs inside one Lightning hook and can take minutes on a large model: a SIGTERM (a
-scheduler's stop, ``kill``) must stop it within seconds, not after it."""
+"""A compression runs inside one Lightning hook, and its analysis and decision can take minutes on a large model:
+a SIGTERM (a scheduler's stop, ``kill``) must stop them within seconds, not after them."""
 
 from __future__ import annotations
 
-import functools
 import signal
 import threading
-from typing import Any, Callable, TypeVar
-
-F = TypeVar("F", bound=Callable[..., Any])
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 class CompressionInterrupted(KeyboardInterrupt):
-    """A SIGTERM arrived while PFA was analysing or cutting: the model is left as it was before the cut
-    (the surgery undoes itself), and Lightning ends the fit as interrupted."""
+    """A SIGTERM arrived while PFA was analysing or deciding, before the cut: the model is as it was, and
+    Lightning ends the fit as interrupted."""
 
 
-def interruptible(method: F) -> F:
-    """Run ``method`` with a SIGTERM handler that calls the one in place (Lightning's records the signal and
-    forwards it to DDP workers) and then raises :class:`CompressionInterrupted` at once. Only in the main thread,
-    where Python runs signal handlers; elsewhere ``method`` runs as it is."""
+@contextmanager
+def prompt_sigterm(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a SIGTERM calls the handler in place (Lightning's records the signal) and then raises
+    :class:`CompressionInterrupted` at once. Only in the main thread (where Python runs signal handlers), when
+    ``enabled`` (the callback enables it for one process: under DDP a rank raising while the others wait in a
+    collective would hang them, so there Lightning's handler stops the fit after the compression), and unless
+    SIGTERM is ignored. Wrap only work that changes nothing: the model must be whole when it raises."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if not enabled or previous is None or previous is signal.SIG_IGN:  # None: a handler installed outside Python
+        yield
+        return
 
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return method(*args, **kwargs)
-        previous = signal.getsignal(signal.SIGTERM)
+    def handler(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        raise CompressionInterrupted("SIGTERM while PFA analysed the network: stopped before the cut")
 
-        def handler(signum: int, frame: Any) -> None:
-            if callable(previous):
-                previous(signum, frame)
-            raise CompressionInterrupted("SIGTERM during a PFA compression: stopped, the model left as it was")
-
-        signal.signal(signal.SIGTERM, handler)
-        try:
-            return method(*args, **kwargs)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-    return wrapper  # type: ignore[return-value]
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["CompressionInterrupted", "interruptible"]
+__all__ = ["CompressionInterrupted", "prompt_sigterm"]

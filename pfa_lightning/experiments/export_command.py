@@ -27,7 +27,7 @@ from pfa_lightning.errors import PFAError
 from pfa_lightning.export import (EXPORT_FORMATS, ExportReport, ExportSuffixWarning, check_output, export_model,
                                   suffix_mismatch)
 from pfa_lightning.files import first_line, load_plain
-from pfa_lightning.validation import check_choice, fail
+from pfa_lightning.validation import check_choice, fail, listed
 
 DEFAULT_MODULE = "pfa_lightning.experiments.module:ImageClassifier"
 EXAMPLE_BATCH = 2  # the batch size traced; the check runs others
@@ -131,20 +131,15 @@ def check_image_classifier(checkpoint: dict[str, Any], path: str) -> None:
     if not isinstance(hyperparameters, dict) or not hyperparameters:
         reason = "it records no hyperparameters"
     elif "arch" not in hyperparameters:
-        reason = f"its hyperparameters ({_names(hyperparameters)}) have no `arch`"
+        reason = f"its hyperparameters ({listed(hyperparameters)}) have no `arch`"
     elif unknown := [str(k) for k in hyperparameters if k not in arguments]:
-        reason = f"its hyperparameters {_names(unknown)} are not ImageClassifier's"
+        reason = f"its hyperparameters {listed(unknown)} are not ImageClassifier's"
     elif foreign := [k for k in weights if not k.startswith("net.")]:
-        reason = f"its weights ({_names(foreign)}) are not under ImageClassifier's `net.`"
+        reason = f"its weights ({listed(foreign)}) are not under ImageClassifier's `net.`"
     else:
         return
     raise PFAError(f"`checkpoint` {path!r} was not written by {DEFAULT_MODULE} (the default --module): {reason}; name "
                    "the LightningModule class that wrote it with --module package.module:ClassName.")
-
-
-def _names(names: Any, most: int = 5) -> str:
-    names = [str(n) for n in names]
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _class_name(module_class: type) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -55,25 +56,31 @@ def check_run_settings(cfg: DictConfig) -> None:
     max_epochs = check_int("trainer.max_epochs", value("trainer.max_epochs"), -1, optional=True,
                            hint=" (-1: no limit)")
     if cfg.pfa.get("strategy") != "none" and value("pfa.compress_at") is not None:
-        total = max_epochs if max_epochs not in (None, -1) else epochs + finetune
+        capped = max_epochs not in (None, -1, 0)  # the runner reads trainer.max_epochs=0 as unset, as null
+        total = max_epochs if capped else epochs + finetune
         for epoch in check_epochs("pfa.compress_at", OmegaConf.to_object(cfg.pfa.compress_at)
                                   if OmegaConf.is_list(cfg.pfa.compress_at) else value("pfa.compress_at"), 0):
             if epoch > total:
                 raise PFAError(f"`pfa.compress_at` epoch {epoch} is beyond the run's {total} epochs "
                                f"(train.epochs={epochs} + train.finetune_epochs={finetune}"
-                               f"{f', trainer.max_epochs={max_epochs}' if max_epochs not in (None, -1) else ''}).")
+                               f"{f', trainer.max_epochs={max_epochs}' if capped else ''}).")
 
 
-RESUME_SETTINGS = ("model", "width", "dataset")  # with every `pfa` setting but `verbose`: what a resumed run must share
+# what a resumed run must share with the run that wrote its checkpoint: the network, the data it is shaped for, and
+# the settings that decide the compressions (not those that only report, such as verbose or validate_after)
+RESUME_MODEL = ("arch", "name", "width", "model_kwargs")
+RESUME_DATA = ("_target_", "name", "root", "size", "in_channels", "classes", "specialize_classes", "train_size")
+RESUME_PFA = ("strategy", "threshold", "ratio", "metric", "allocation", "selection", "compress_at", "pooling",
+              "min_units", "round_to", "coupled", "layers", "exclude", "compensate")
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """The settings that decide what a run's checkpoint holds: a resumed run must have the same ones."""
-    settings = run_settings(cfg)
-    pfa = OmegaConf.to_container(cfg.pfa, resolve=True)
-    identity = {k: settings[k] for k in RESUME_SETTINGS}
-    identity["model_kwargs"] = OmegaConf.to_container(cfg.model, resolve=True).get("model_kwargs")  # type: ignore[union-attr]
-    identity.update({f"pfa.{k}": v for k, v in pfa.items() if k != "verbose"})  # type: ignore[union-attr]
+    """The settings that decide what a run's checkpoint holds (``model.*``, ``dataset.*``, ``pfa.*``, as on the
+    command line): a resumed run must have the same ones."""
+    identity = {}
+    for group, keys in (("model", RESUME_MODEL), ("dataset", RESUME_DATA), ("pfa", RESUME_PFA)):
+        values = OmegaConf.to_container(cfg[group], resolve=True) if group in cfg else {}
+        identity.update({f"{group}.{k}": values.get(k) for k in keys if k in values})  # type: ignore[union-attr]
     return json.loads(json.dumps(identity, default=str))  # plain, as read back from a checkpoint
 
 
@@ -94,9 +101,14 @@ def check_resume_settings(path: str | None, identity: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint written by a run whose settings differ, naming them."""
     if path is None or not Path(path).is_file():
         return
-    from pfa_lightning.files import load_plain
+    from pfa_lightning.files import load_plain, refused_as_unsafe
 
-    saved = load_plain(path).get(RunIdentity.KEY)
+    try:
+        saved = load_plain(path).get(RunIdentity.KEY)
+    except Exception as err:  # noqa: BLE001 - a checkpoint weights_only refuses: Lightning reads it, we cannot
+        if refused_as_unsafe(err, path):
+            return
+        raise
     if saved is None:
         return  # written before runs recorded their settings, or by another program: nothing to compare
     differ = [f"{k}: {saved.get(k)!r} there, {identity.get(k)!r} here" for k in sorted(set(saved) | set(identity))
@@ -109,26 +121,59 @@ def check_resume_settings(path: str | None, identity: dict[str, Any]) -> None:
 CLAIM = ".pfa_run"  # written into a run's output directory when it starts
 
 
+RESULTS = ("results.json", "final.ckpt", "checkpoints/last.ckpt")  # what a run leaves that another would overwrite
+
+
+def _claimant(claim: Path) -> str | None:
+    """Who holds ``claim`` and is still running ("pid N on host"), or None when that run is over (its process
+    gone on this host: a run that failed before writing anything leaves its directory free)."""
+    try:
+        host, pid = claim.read_text().split()
+    except (OSError, ValueError):
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, ValueError):
+            pass
+    return f"pid {pid} on {host}"
+
+
 def claim_output_dir(out: Path, resuming: str | None) -> None:
-    """Make ``out`` this run's, atomically: refuse a directory another run claimed (one after the other, or two
-    started at once), unless this run resumes a checkpoint inside it. Rank zero claims for a distributed run."""
+    """Make ``out`` this run's: refuse a directory that holds another run's results or checkpoints (unless this
+    run resumes a checkpoint inside it), or that a running run has claimed (two started at once: the claim file
+    ``.pfa_run`` is created atomically). Rank zero of node zero claims for a distributed run."""
     from pytorch_lightning.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:  # a DDP worker re-running the script: its rank 0 has claimed the directory
+    if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":  # DDP workers re-run the script
         return
-    claim = out / CLAIM
+    claim, me = out / CLAIM, f"{socket.gethostname()} {os.getpid()}"
     if resuming is not None and Path(resuming).resolve().is_relative_to(out.resolve()):
-        claim.write_text(str(os.getpid()))
+        claim.write_text(me)
         return
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise PFAError(f"Output directory {out} already belongs to another run (its results would be overwritten): "
-                       "choose another one (hydra.run.dir=...), or resume that run with "
-                       f"train.ckpt_path={out / 'checkpoints' / 'last.ckpt'}.") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    left = [name for name in RESULTS if (out / name).exists()]
+    if left:
+        last = out / "checkpoints" / "last.ckpt"
+        raise PFAError(f"Output directory {out} holds another run's {', '.join(left)}, which this run would overwrite: "
+                       "choose another one (hydra.run.dir=...)"
+                       + (f", or resume that run with train.ckpt_path={last}." if last.exists() else "."))
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _claimant(claim)
+            if holder is not None:
+                raise PFAError(f"Output directory {out} is in use by another run ({holder}; its claim is {claim}): "
+                               "choose another one (hydra.run.dir=...), or delete the claim if that run is gone.") from None
+            claim.unlink(missing_ok=True)  # a finished or failed run's: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return
+    raise PFAError(f"Output directory {out}: its claim {claim} keeps changing; another run is starting there.")
 
 
-__all__ = ["CLAIM", "RunIdentity", "check_resume_settings", "check_run_settings", "claim_output_dir",
+__all__ = ["CLAIM", "RESULTS", "RunIdentity", "check_resume_settings", "check_run_settings", "claim_output_dir",
            "resume_from", "run_identity", "run_settings"]

@@ -108,7 +108,7 @@ def _instantiate(spec: DictConfig, failure: str, group: str = "", **kwargs: Any)
         if isinstance(err.__cause__, PFAError):
             cause = err.__cause__
             if group and re.match(r"`[A-Za-z_]\w*` ", str(cause)) and str(cause)[1:].split("`")[0] in spec:
-                raise type(cause)(f"`{group}.{str(cause)[1:]}") from None
+                raise PFAError(f"`{group}.{str(cause)[1:]}") from None  # named as on the command line
             raise cause from None
         raise PFAError(f"{failure}: {str(err).splitlines()[0]}") from None
 

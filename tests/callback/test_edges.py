@@ -94,9 +94,20 @@ def test_keyword_inputs_still_go_as_keywords():
         def forward(self, batch, flag: bool = False):
             return batch
 
+    class BatchAndOptions(torch.nn.Module):
+        def forward(self, batch, **options):
+            return batch
+
+    class Anything(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return args
+
     assert not takes_one_dict(Keywords(), {"image": 1, "mask": 2})
+    assert not takes_one_dict(Keywords(), {"image": 1})
     assert takes_one_dict(Batch(), {"image": 1})
     assert not takes_one_dict(Batch(), {"batch": 1})  # the dict's keys name the parameters: keywords
+    assert takes_one_dict(BatchAndOptions(), {"image": 1, "mask": 2})
+    assert not takes_one_dict(Anything(), {"image": 1})  # nothing to tell: keywords, as Torch-Pruning does
 
 
 class QuickGELU(torch.nn.Module):
@@ -262,10 +273,12 @@ def test_a_recipe_that_cuts_nothing_says_why_and_long_steps_show_progress(capsys
     x = torch.randn(64, 4)
     stats = pfa.collect_responses(net, [x], progress=False)
     with pytest.warns(UserWarning, match=r"The recipe cuts nothing: of the model's 3 channel spaces, 1 reaching the "
-                                         r"model output; 2 kept whole by the strategy"):
+                                         r"model output; 2 kept whole by min_units=8\.$"):
         recipe = pfa.make_recipe(net, stats, pfa.KL(), example_inputs=x[:2], min_units=8, progress=True)
     assert all(layer.kept == layer.original for layer in recipe.layers)
     assert "PFA trial cuts" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match=r"cuts nothing: .* 1 reaching the model output; 2 kept whole by the strategy"):
+        pfa.make_recipe(net, stats, pfa.Uniform(ratio=1.0), example_inputs=x[:2])
     recipe = pfa.make_recipe(net, stats, pfa.Footprint(0.6), example_inputs=x[:2], progress=True)
     assert "PFA measuring candidate networks (params)" in capsys.readouterr().out
 
@@ -277,3 +290,46 @@ def test_a_compression_reports_each_long_step(caplog):
         quiet_trainer(max_epochs=1, callbacks=[PFACallback(compress_at=[1])]).fit(ResidualNet(), *loaders())
     text = caplog.text
     assert "deciding the recipe" in text and "PFA cut the network to" in text and "recalibrating BatchNorm" in text
+
+
+def test_one_layer_under_two_names_is_not_weight_tying():
+    class Aliased(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16),
+                                           torch.nn.ReLU(), torch.nn.Linear(16, 2))
+            self.first, self.body = self.net[0], self.net[:4]  # aliases, as LightningModules often hold
+
+        def forward(self, x):
+            return self.net(x)
+
+    from pfa_lightning.sharing import tied_parameters
+
+    model = Aliased()
+    assert tied_parameters(model) == {}
+    stats = pfa.collect_responses(model, [torch.randn(64, 4)], progress=False)
+    assert sorted(stats.keys()) == ["net.0", "net.2"]
+    with torch.device("meta"):
+        assert tied_parameters(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))) == {}
+    lm = TiedLM()
+    assert {tuple(v) for v in tied_parameters(lm).values()} == {("dec.weight", "emb.weight")}
+
+
+def test_prompt_sigterm_respects_an_ignored_signal_and_restores_the_handler():
+    import signal
+
+    from pfa_lightning.callback.interrupts import prompt_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with prompt_sigterm():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the user's choice stands
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with prompt_sigterm():
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with prompt_sigterm(enabled=False):  # under DDP
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)

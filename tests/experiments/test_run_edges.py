@@ -45,7 +45,8 @@ def test_resuming_with_other_settings_is_refused_naming_them(tmp_path):
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     results = compose_and_run(SMALL + ["pfa=kl"], tmp_path)
     before = (tmp_path / "results.json").read_text()
-    with pytest.raises(PFAError, match=r"already belongs to another run .*train.ckpt_path=.*last.ckpt"):
+    with pytest.raises(PFAError, match=r"holds another run's results.json, final.ckpt, checkpoints/last.ckpt, which "
+                                       r"this run would overwrite: .*train.ckpt_path=.*last.ckpt"):
         compose_and_run(SMALL + ["pfa=energy", "pfa.threshold=0.9"], tmp_path)
     assert (tmp_path / "results.json").read_text() == before and json.loads(before)["name"] == results["name"]
     # resuming the run that owns the directory is allowed
@@ -90,3 +91,49 @@ def test_the_run_name_carries_a_library_models_name():
         HydraConfig.instance().set_config(plain)
         assert plain.name == "vgg16-digits-kl"
     GlobalHydra.instance().clear()
+
+
+def test_a_claim_left_by_a_failed_run_is_taken_over_and_a_running_ones_refused(tmp_path):
+    import os
+    import socket
+
+    from pfa_lightning.experiments.run_checks import CLAIM, claim_output_dir
+
+    dead = 2 ** 22 + 12345  # above Linux's default pid_max: no such process
+    (tmp_path / CLAIM).write_text(f"{socket.gethostname()} {dead}")
+    claim_output_dir(tmp_path, None)  # the failed run left nothing else: the directory is free
+    assert (tmp_path / CLAIM).read_text() == f"{socket.gethostname()} {os.getpid()}"
+    with pytest.raises(PFAError, match=rf"is in use by another run \(pid {os.getpid()} on "):
+        claim_output_dir(tmp_path, None)  # this process holds it and is running
+
+
+def test_the_resume_identity_tells_data_sets_apart_and_ignores_reporting_settings(tmp_path):
+    import argparse
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from pfa_lightning.experiments.run_checks import check_resume_settings, run_identity
+
+    def cfg(dataset: str, **pfa):
+        return OmegaConf.create({"model": {"arch": "vgg16", "width": 1.0},
+                                 "dataset": {"_target_": "pfa_lightning.experiments.datamodules.CIFARDataModule",
+                                             "name": dataset, "in_channels": 3},
+                                 "pfa": {"strategy": "kl", "compress_at": [2], "verbose": True, **pfa}})
+
+    assert run_identity(cfg("cifar10")) != run_identity(cfg("cifar100"))
+    assert run_identity(cfg("cifar10")) == run_identity(cfg("cifar10", verbose=False, validate_after=False))
+    assert run_identity(cfg("cifar10"))["dataset.name"] == "cifar10"
+    # a checkpoint weights_only refuses is Lightning's to read: nothing compared, no weights_only advice
+    odd = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(a=1), "pfa_run_identity": {}}, odd)
+    check_resume_settings(str(odd), run_identity(cfg("cifar10")))
+
+
+def test_trainer_max_epochs_zero_reads_as_unset_as_the_runner_does():
+    from omegaconf import OmegaConf
+
+    from pfa_lightning.experiments.run_checks import check_run_settings
+
+    check_run_settings(OmegaConf.create({"seed": 0, "train": {"epochs": 1, "finetune_epochs": 1, "batch_limit": None},
+                                         "trainer": {"max_epochs": 0}, "pfa": {"strategy": "kl", "compress_at": [1]}}))
