@@ -1,4 +1,4 @@
-"""README's "In plain PyTorch" screen runs as written (a tiny trained network stands in for the user's)."""
+"""docs/core.md's plain-PyTorch screen runs as written (a tiny trained network stands in for the user's)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pfa_lightning.models import build
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "core.md"
 
 
 def _plain_pytorch_block() -> str:
     text = README.read_text()
-    start = text.index("**In plain PyTorch**")
+    start = text.index("## Compress a network you already trained, in plain PyTorch")
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
@@ -28,7 +28,7 @@ def test_the_plain_pytorch_screen_compresses_and_exports(tmp_path, monkeypatch):
     loader = DataLoader(TensorDataset(torch.randn(96, 3, 16, 16), torch.randint(0, 10, (96,))), batch_size=32)
     monkeypatch.chdir(tmp_path)
     scope = {"train_loader": loader}
-    exec(compile(_plain_pytorch_block(), "README.md", "exec"), scope)  # noqa: S102 - our own README
+    exec(compile(_plain_pytorch_block(), "docs/core.md", "exec"), scope)  # noqa: S102 - our own docs
 
     small = scope["model"]
     assert scope["pfa"].count_params(small) <= 0.25 * scope["pfa"].count_params(model)
