@@ -19,7 +19,7 @@ from pfa_lightning.progress import progress_bar
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
-from pfa_lightning.strategies import Strategy, resolve_strategy
+from pfa_lightning.strategies import REGISTRY, Strategy, resolve_strategy
 from pfa_lightning.validation import check_choice, check_int, fail, listed
 
 COUPLED_MODES = ("joint", "skip")
@@ -140,14 +140,10 @@ class Recipe:
         for col, kw in (("layer", {}), ("group", {}), ("units", {"justify": "right"}), ("kept", {"justify": "right"}),
                         ("kept %", {"justify": "right"}), ("inactive", {"justify": "right"}), ("diagnostic", {})):
             table.add_column(col, **kw)
+        describe = REGISTRY.get(name, Strategy).describe  # the strategy's own words; a generic reading if unknown
         for layer in self.layers:
             d = layer.diagnostics
-            if "kl" in d:
-                diag = f"KL {d['kl']:.3g} / {d['kl_max']:.3g}"
-            elif "energy_kept" in d:
-                diag = f"energy {d['energy_kept']:.3f}"
-            else:
-                diag = ""
+            diag = describe(d)
             if "note" in d:
                 diag += f" ({d['note']})"
             if UNKNOWN_NOTE in layer.response:

@@ -29,10 +29,24 @@ class Decision:
     summary: dict[str, Any]
 
 
+REGISTRY: dict[str, type["Strategy"]] = {}  # every Strategy class with a name, its own file or ours
+
+
 class Strategy(ABC):
-    """Decides how many units each analysed channel space keeps."""
+    """Decides how many units each analysed channel space keeps; the one place for its options.
+
+    A new strategy is one subclass (a frozen dataclass whose fields are its options) with a ``name`` and
+    ``decide``; it registers itself by that name, so recipes and tables describe it. It may override
+    ``check`` (refuse, before training, a target it can never reach), ``describe`` (a layer's diagnostic in
+    the recipe table) and ``label`` (its short name in sweeps and plots); ``to_dict`` records its options.
+    """
 
     name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("name"), str):
+            REGISTRY[cls.name] = cls
 
     @abstractmethod
     def decide(self, spectra: Sequence[Spectrum], clamp: Callable[[int, Spectrum], int],
@@ -40,13 +54,36 @@ class Strategy(ABC):
         """``clamp`` applies the floor (``min_units``) and keeps too-small-sample spaces whole;
         ``probe`` gives the real footprint of a width assignment (only footprint targets use it)."""
 
-    @abstractmethod
-    def to_dict(self) -> dict[str, Any]: ...
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., option: value, ...}``: the dataclass fields (plain data, as recipes store it)."""
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} if dataclasses.is_dataclass(self) else {}
+        return {"name": self.name, **options}
 
     @property
     def probe_metric(self) -> str | None:
         """The footprint metric this strategy measures candidates in (``None``: it needs no probe)."""
         return None
+
+    def check(self, floor: int, full: int, where: str = "") -> None:
+        """Refuse a target this strategy can never reach: ``floor`` is the footprint (in ``probe_metric``) of the
+        smallest network it may produce (every analysed layer at ``min_units``), ``full`` the network's now;
+        ``where`` says where that was measured (for the message). Nothing by default."""
+
+    @classmethod
+    def describe(cls, diagnostics: Mapping[str, Any]) -> str:
+        """One layer's diagnostic for the recipe table, from what ``decide`` recorded for it."""
+        if "kl" in diagnostics:
+            return f"KL {diagnostics['kl']:.3g} / {diagnostics['kl_max']:.3g}"
+        if "energy_kept" in diagnostics:
+            return f"energy {diagnostics['energy_kept']:.3f}"
+        return ""
+
+    @property
+    def label(self) -> str:
+        """A short name for sweeps and plots: the name and its first option, e.g. ``energy=0.95``."""
+        options = [v for k, v in self.to_dict().items() if k != "name" and isinstance(v, (int, float))
+                   and not isinstance(v, bool)]
+        return f"{self.name}={options[0]:g}" if options else self.name
 
 
 def kl_divergence(eigenvalues: np.ndarray) -> float:
@@ -129,9 +166,6 @@ class KL(Strategy):
             diags.append({"kl": kl, "kl_max": math.log(sp.units) if sp.units > 1 else 0.0, "units_ratio": ratio})
         return Decision(counts, diags, {})
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name}
-
 
 @dataclass(frozen=True)
 class Energy(Strategy):
@@ -155,9 +189,6 @@ class Energy(Strategy):
             counts.append(k)
             diags.append({"energy_kept": float(fr[k - 1])})
         return Decision(counts, diags, {"threshold": self.threshold})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "threshold": self.threshold}
 
 
 ALLOCATIONS = ("kl", "energy", "uniform")
@@ -244,11 +275,7 @@ class Footprint(Strategy):
         target = self.ratio * full
         index, achieved = largest_fitting(candidates, lambda v: size(counts_at(v)), target)
         if index < 0:
-            raise PFAError(
-                f"Footprint ratio {self.ratio:g} ({self.metric}) is out of reach: the smallest network this "
-                f"strategy can produce (every layer at its floor) has ratio {achieved / full:.4f}. "
-                "Use a larger ratio or a smaller `min_units`."
-            )
+            self.check(achieved, full, "(every layer at its floor)")
         value = float(candidates[index])
         counts = counts_at(value)
         diags = [{"energy_kept": float(sp.energy_fractions()[k - 1]), "units_ratio": k / sp.units}
@@ -258,9 +285,21 @@ class Footprint(Strategy):
                    "achieved_ratio": achieved / full}
         return Decision(counts, diags, summary)
 
+    def check(self, floor: int, full: int, where: str = "") -> None:
+        if floor > self.ratio * full:
+            raise PFAError(
+                f"Footprint ratio {self.ratio:g} ({self.metric}) is out of reach{f' {where}' if where else ''}: the "
+                f"smallest network it can produce keeps {floor / full:.4f} of the {self.metric}. Use a larger ratio, "
+                "a smaller `min_units`, or analyse more layers."
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ratio": self.ratio, "metric": self.metric, "allocation": self.allocation,
                 **({"steps": self.steps} if self.steps > 1 else {})}
+
+    @property
+    def label(self) -> str:
+        return f"footprint={self.ratio:g}" + ("" if self.metric == "params" else f" {self.metric}")
 
 
 @dataclass(frozen=True)
@@ -303,15 +342,23 @@ class Uniform(Strategy):
 
             index, achieved = largest_fitting(candidates, size, self.params)
             if index < 0:
-                raise PFAError(f"Uniform(params={self.params}) is out of reach: the smallest uniform network has "
-                               f"{achieved} parameters.")
+                self.check(achieved, 0)
             ratio = float(candidates[index])
             summary = {"ratio": ratio, "target_params": self.params, "achieved_params": achieved}
         counts = counts_at(ratio)
         return Decision(counts, [{"units_ratio": k / sp.units} for k, sp in zip(counts, spectra)], summary)
 
+    def check(self, floor: int, full: int, where: str = "") -> None:
+        if self.params is not None and floor > self.params:
+            raise PFAError(f"Uniform(params={self.params}) is out of reach{f' {where}' if where else ''}: the smallest "
+                           f"uniform network has {floor} parameters.")
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **({"ratio": self.ratio} if self.ratio is not None else {"params": self.params})}
+
+    @classmethod
+    def describe(cls, diagnostics: Mapping[str, Any]) -> str:
+        return f"units {diagnostics['units_ratio']:.0%}" if "units_ratio" in diagnostics else ""
 
 
 STRATEGIES: dict[str, type[Strategy]] = {"kl": KL, "energy": Energy, "footprint": Footprint, "uniform": Uniform}
@@ -328,9 +375,9 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
         if options:
             raise PFAError(f"Options {sorted(options)} only apply to a strategy given by name, not to {strategy!r}.")
         return strategy
-    if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
-        raise fail("strategy", f"one of {tuple(STRATEGIES)} or a Strategy instance", strategy)
-    cls = STRATEGIES[strategy.lower()]
+    if not isinstance(strategy, str) or strategy.lower() not in REGISTRY:
+        raise fail("strategy", f"one of {tuple(REGISTRY)} or a Strategy instance", strategy)
+    cls = REGISTRY[strategy.lower()]
     allowed = {f.name for f in dataclasses.fields(cls)}
     extra = set(options) - allowed
     if extra:

@@ -91,21 +91,15 @@ def check_module(pl_module: pl.LightningModule, inputs: Any, strategy: Strategy,
 
 def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: set[str], inputs: Any,
                      strategy: Strategy, min_units: int, coupled: str, round_to: int) -> None:
-    """Refuse a footprint target that even every layer at ``min_units`` cannot meet, before training."""
+    """Let the strategy refuse, before training, a target that even every layer at ``min_units`` cannot meet."""
     metric = strategy.probe_metric
-    target = getattr(strategy, "ratio", None) if isinstance(strategy, Footprint) else None
-    if metric is None or target is None:
+    if metric is None:
         return
     probe = FootprintProbe(pl_module, inputs, metric)
     floor = probe({s.root: legal_width(min_units, s.width, s.step(round_to)) for s in graph.spaces
                    if not s.reaches_output and set(s.producers) <= chosen
                    and not (coupled == "skip" and s.coupled)})
-    if floor > target * probe.full:
-        raise PFAError(
-            f"Footprint ratio {target:g} ({metric}) is out of reach for {type(pl_module).__name__}: even with every "
-            f"analysed layer at min_units={min_units} the network keeps {floor / probe.full:.4f} of its "
-            f"{metric}. Use a larger ratio, a smaller `min_units`, or analyse more layers."
-        )
+    strategy.check(floor, probe.full, f"for {type(pl_module).__name__} (every analysed layer at min_units={min_units})")
 
 
 __all__ = ["check_module", "check_schedule", "check_trainer", "pending_epochs", "strategy_now"]

@@ -17,12 +17,19 @@ from pfa_lightning.errors import PFAError
 from pfa_lightning.validation import fail
 
 
-def run_settings(cfg: DictConfig) -> dict[str, Any]:
+def run_settings(cfg: DictConfig, strategy: Any = None) -> dict[str, Any]:
+    """What results.json and the sweep summary say a run was: model, data, seed, epochs, and the PFA strategy's
+    own account of itself (``pfa_strategy``: its name, ``pfa_<option>``, ``pfa_label``) when it was built."""
     pfa = OmegaConf.to_container(cfg.pfa, resolve=True)
     model = f"{cfg.model.arch}:{cfg.model.name}" if cfg.model.get("name") else cfg.model.arch
     settings = {"model": model, "width": cfg.model.width, "weights": cfg.model.get("weights"), "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
                 "seed": cfg.seed, "epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
-    settings.update({f"pfa_{k}": v for k, v in pfa.items() if k in ("strategy", "threshold", "ratio", "metric", "selection")})  # type: ignore[union-attr]
+    if strategy is not None:
+        settings.update({("pfa_strategy" if k == "name" else f"pfa_{k}"): v for k, v in strategy.to_dict().items()})
+        settings["pfa_label"] = strategy.label
+    else:
+        settings["pfa_strategy"] = pfa.get("strategy")  # type: ignore[union-attr]
+    settings["pfa_selection"] = pfa.get("selection")  # type: ignore[union-attr]
     try:
         from hydra.core.hydra_config import HydraConfig
 

@@ -33,10 +33,12 @@ from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.nested import first_input
 from pfa_lightning.recipe import Recipe, spectra_of
 from pfa_lightning.stats import ResponseStats, model_device
+from pfa_lightning.strategies import Strategy
 from pfa_lightning.validation import fail
 
 log = logging.getLogger("pfa_lightning")
 
+SHORTCUTS = ("threshold", "ratio", "metric", "allocation")  # PFACallback's flat strategy options (a name's shortcut)
 # the `pfa` config keys: every PFACallback argument but the analysis data, which the data module gives
 PFA_OPTIONS = tuple(name for name in inspect.signature(PFACallback.__init__).parameters
                     if name not in ("self", "dataloader"))
@@ -133,7 +135,14 @@ def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | N
     unknown = sorted(set(cfg.pfa) - set(PFA_OPTIONS))
     if unknown:
         raise fail("pfa", f"a config whose keys are PFACallback's arguments {PFA_OPTIONS}; unknown keys", unknown)
-    options = _instantiate(cfg.pfa, "A `pfa` setting could not be built")  # e.g. selection: {_target_: ...}
+    options = _instantiate(cfg.pfa, "A `pfa` setting could not be built")  # the strategy, a selection object...
+    if isinstance(options["strategy"], Strategy):  # the shortcuts (pfa.ratio=...) were interpolated into it
+        strategy = options["strategy"].to_dict()
+        for key in SHORTCUTS:
+            if options.get(key) is not None and strategy.get(key) != options[key]:
+                raise PFAError(f"`pfa.{key}={options[key]}` does not apply to the strategy {options['strategy']!r}: "
+                               f"set its options inside it (pfa.strategy.{key}=...).")
+            options.pop(key, None)
     analysis = datamodule.analysis_dataloader() if hasattr(datamodule, "analysis_dataloader") else None
     return ExperimentPFACallback(datamodule=datamodule, dataloader=analysis, **options)
 
@@ -248,7 +257,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             "recipe": history[-1]["recipe"] if history else None,
             "compressions": [{k: v for k, v in h.items() if k != "recipe"} for h in history],
             "recipes": [h["recipe"] for h in history],
-            "settings": run_settings(cfg),
+            "settings": run_settings(cfg, pfa_cb.strategy if pfa_cb is not None else None),
         }
         results["params_ratio"] = results["params_compressed"] / params_full
         results["flops_ratio"] = results["flops_compressed"] / flops_full

@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 
 log = logging.getLogger("pfa_lightning")
 
-COLUMNS = ["job", "name", "model", "width", "dataset", "pfa_strategy", "pfa_threshold", "pfa_ratio", "pfa_metric",
-           "pfa_selection", "seed", "params_full", "params_compressed", "params_ratio", "flops_full",
+COLUMNS = ["job", "name", "model", "width", "dataset", "pfa_strategy", "pfa_label", "pfa_threshold", "pfa_ratio",
+           "pfa_metric", "pfa_selection", "seed", "params_full", "params_compressed", "params_ratio", "flops_full",
            "flops_compressed", "flops_ratio", "acc_full", "acc_after_surgery", "acc_after_recalibration", "acc_final",
            "overrides"]
 
@@ -66,6 +66,8 @@ def write_summary(sweep_dir: Path) -> tuple[Path, Path | None]:
 
 
 def _label(row: dict[str, Any]) -> str:
+    if row.get("pfa_label"):  # the strategy's own short name
+        return str(row["pfa_label"])
     strategy = row.get("pfa_strategy") or "?"
     value = {"energy": row.get("pfa_threshold"), "footprint": row.get("pfa_ratio")}.get(strategy)
     return f"{strategy}{'=' + format(value, 'g') if value is not None else ''}"

@@ -364,7 +364,7 @@ def test_compress_at_is_required():
     (ResidualNet, {"compress_at": [2], "layers": ["head*"]}, r"`layers` entry 'head\*' matches no prunable layer"),
     (ResidualNet, {"compress_at": [2], "exclude": "*"}, r"`layers`/`exclude` leave no layer to compress"),
     (ResidualNet, {"compress_at": [2], "strategy": "footprint", "ratio": 0.001},
-     r"Footprint ratio 0.001 \(params\) is out of reach for ResidualNet: even with every analysed layer at min_units=1"),
+     r"Footprint ratio 0.001 \(params\) is out of reach for ResidualNet \(every analysed layer at min_units=1\)"),
 ])
 def test_trainer_level_mistakes_fail_before_training(module_cls, pfa_kwargs, match):
     module = module_cls()

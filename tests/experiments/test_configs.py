@@ -26,14 +26,15 @@ def composed(*overrides: str):
 # what each preset says about itself; the primary config (2 + 1 epochs) must not override it
 PRESETS = {
     "vgg16_cifar10_kl": {"train.epochs": 160, "train.finetune_epochs": 40, "pfa.max_samples": 10000,
-                         "pfa.strategy": "kl", "model.arch": "vgg16", "model.lr": 0.05, "dataset.name": "cifar10",
+                         "pfa.strategy._target_": "pfa_lightning.KL", "model.arch": "vgg16", "model.lr": 0.05, "dataset.name": "cifar10",
                          "model.restarts": [160]},
     "resnet56_cifar10": {"train.epochs": 160, "train.finetune_epochs": 40, "pfa.max_samples": 10000,
                          "model.arch": "resnet56", "model.lr": 0.1, "dataset.name": "cifar10"},
     "cifar100_subsets": {"train.epochs": 160, "train.finetune_epochs": 40, "pfa.max_samples": 5000,
                          "dataset.name": "cifar100", "dataset.specialize_from_epoch": 160,
                          "dataset.specialize_classes": [3, 42, 7, 11, 19, 55, 61, 73, 88, 95], "pfa.compress_at": [160]},
-    "energy_sweep": {"pfa.strategy": "energy", "pfa.threshold": 0.95, "train.epochs": 2},
+    "energy_sweep": {"pfa.strategy._target_": "pfa_lightning.Energy", "pfa.strategy.threshold": 0.95,
+                     "train.epochs": 2},
 }
 
 

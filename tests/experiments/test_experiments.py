@@ -148,7 +148,7 @@ def test_end_to_end_on_digits_with_wandb_offline(tmp_path):
     assert len(epochs) == 3  # per-epoch metrics: 2 + 1 epochs
     assert any("pfa/recipe/_type" in row for row in logged["history"])  # the recipe table
     assert "pfa/spectra/path" in summary and "pfa/accuracy_vs_footprint/path" in summary
-    assert logged["config"]["pfa"]["strategy"] == "kl"  # the resolved config
+    assert logged["config"]["pfa"]["strategy"] == {"_target_": "pfa_lightning.KL"}  # the resolved config
     assert logged["tags"] == ["smoke", "digits"]
     artifacts = {a["type"]: a for a in logged["artifacts"]}  # the checkpoint and the recipe, with their worth
     assert artifacts["model"]["files"] == ["final.ckpt"] and artifacts["recipe"]["files"] == ["recipe.json"]

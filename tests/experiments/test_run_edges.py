@@ -34,8 +34,9 @@ def test_resuming_with_other_settings_is_refused_naming_them(tmp_path):
     first = tmp_path / "first"
     compose_and_run(SMALL + ["pfa=kl"], first)
     last = first / "checkpoints" / "last.ckpt"
-    with pytest.raises(PFAError, match=r"was written by a run with other settings \(.*pfa.strategy: 'kl' there, "
-                                       r"'energy' here.*pfa.threshold: None there, 0.9 here"):
+    with pytest.raises(PFAError, match=r"was written by a run with other settings \(pfa.strategy: \{'_target_': "
+                                       r"'pfa_lightning.KL'\} there, \{'_target_': 'pfa_lightning.Energy', 'threshold': "
+                                       r"0.9\} here; pfa.threshold: None there, 0.9 here\)"):
         compose_and_run(SMALL + ["pfa=energy", "pfa.threshold=0.9", f"train.ckpt_path={last}"], tmp_path / "second")
     # the same settings resume (nothing left to train: the fit ends at once)
     results = compose_and_run(SMALL + ["pfa=kl", f"train.ckpt_path={last}"], tmp_path / "third")
