@@ -439,10 +439,8 @@ def analysable_layers(model: nn.Module, graph: ModelGraph, layers: Iterable[str]
     if not candidates:
         whole = "".join(f" {what}: {', '.join(names)}." for what, names in (
             ("Left whole for weight tying", graph.tied), ("Left whole around a channel shuffle", graph.fenced)) if names)
-        raise PFAError(
-            f"{type(model).__name__} has no prunable layer: PFA compresses Conv/Linear layers whose "
-            f"outputs feed other layers (the final classifier is never compressed).{whole}"
-        )
+        raise PFAError(f"{type(model).__name__} has no prunable layer: PFA compresses Conv/Linear layers whose "
+                       f"outputs feed other layers (the final classifier is never compressed).{whole}")
     chosen = match_layers(candidates, layers, "layers")
     if exclude is not None:
         chosen -= match_layers(candidates, exclude, "exclude")
