@@ -12,6 +12,8 @@ fine-tuned for the same number of epochs, and tested:
   (the naive baseline: width scaling + magnitude pruning);
 - ``weight_l1``, ``random``, ``max_energy``: the default footprint's widths, filters chosen by weight L1
   norm / at random / by ``pfa.MaxEnergy`` (the response energy left unexplained by the kept units);
+- ``footprint+comp``, ``weight_l1+comp``: the same cuts with the removed units folded into the kept ones by least
+  squares (``apply_recipe(..., compensate_with=stats)``), before the BatchNorm recalibration;
 - ``scratch``: ``uniform``'s architecture trained from random weights for the same total epochs as the
   full network plus its fine-tuning (Liu et al. 2019, "Rethinking the value of network pruning").
 
@@ -40,10 +42,11 @@ from torch.optim.swa_utils import update_bn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pfa_lightning as pfa  # noqa: E402
 from pfa_lightning.models import build  # noqa: E402
-from run_all import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, train  # noqa: E402
+from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, train  # noqa: E402
 
 NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
-ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch")
+ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch",
+        "footprint+comp", "weight_l1+comp")  # +comp: the removed units folded into the kept ones (least squares)
 DEFAULT_ARM = "footprint"  # the library's default: pfa.Footprint(r, metric) with its default selection
 LONG_ARMS = ("footprint", "uniform", "weight_l1")
 # per data set: the protocol's defaults (each a command-line option)
@@ -70,6 +73,7 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 
 def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, default_recipe=None) -> pfa.Recipe:
+    arm = arm.removesuffix("+comp")  # the same recipe; apply_recipe compensates
     if arm in ("weight_l1", "random", "max_energy"):  # the default footprint's widths, another selection
         assert default_recipe is not None
         counts = {layer.group: layer.kept for layer in default_recipe.layers}
@@ -168,7 +172,9 @@ def run(args) -> dict:
             save()
             x = next(iter(dm.test_dataloader()))[0][:8]
             analysis = analysis_loader(dm)
-            stats = pfa.collect_responses(base, analysis, max_samples=args.max_samples, progress=False)
+            compensating = any(arm.endswith("+comp") for arm in args.arms)
+            stats = pfa.collect_responses(base, analysis, max_samples=args.max_samples, progress=False,
+                                          per_position=compensating)
             params0, flops0 = pfa.count_params(base), pfa.count_flops(base, x)
             for budget, epochs in todo:
                 metric, ratio = parse_budget(budget)
@@ -182,7 +188,7 @@ def run(args) -> dict:
                     recipe = default_recipe if arm == "footprint" else recipe_for(arm, base, stats, x, metric, ratio,
                                                                                   seed, default_recipe)
                     cut = copy.deepcopy(base)
-                    pfa.apply_recipe(cut, recipe, example_inputs=x)
+                    pfa.apply_recipe(cut, recipe, example_inputs=x, compensate_with=stats if arm.endswith("+comp") else None)
                     if arm == "scratch":  # the uniform architecture from random weights, the whole training budget
                         cut = reinitialised(cut)
                         cut_acc = recal_acc = float("nan")
@@ -303,7 +309,8 @@ def section(data: dict) -> list[str]:
            + f". Accuracy in %, mean ± "
            f"std over the seeds run so far ({len(seeds_done)} of {args['seeds']} planned). `footprint` is "
            "`pfa.Footprint(r, metric)` with its default allocation and the paper's AbsMax selection; `weight_l1`, "
-           "`random` and `max_energy` use `footprint`'s widths. Verdict: the default against uniform and weight-L1, "
+           "`random` and `max_energy` use `footprint`'s widths; `+comp`: the same cut with the removed units folded into "
+           "the kept ones by least squares (`apply_recipe(..., compensate_with=stats)`, where the path is linear). Verdict: the default against uniform and weight-L1, "
            "given from 3 seeds on: a win or a loss beyond the larger of the two arms' standard deviations, a tie "
            "within it. Training on this CPU is not bitwise reproducible, so read single cells with their spread.", ""]
     for net in _nets_with_runs(data):

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_all import machine
+from common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "benchmarks" / "results" / "main_job.json"

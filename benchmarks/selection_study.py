@@ -29,11 +29,13 @@ from torch.optim.swa_utils import update_bn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pfa_lightning as pfa  # noqa: E402
 from budget_sweep import NETS, PROTOCOLS, _FixedWidths, base_network  # noqa: E402
-from run_all import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, train  # noqa: E402
+from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, train  # noqa: E402
 
 RAW = RESULTS / "selection_study.json"
 SELECTIONS = {"abs_max": pfa.AbsMax(), "l1_max": pfa.L1Max(), "max_energy": pfa.MaxEnergy(),
               "weight_l1": pfa.WeightL1(), "random": None}  # random: pfa.Random(seed)
+# each also "+comp": the removed units folded into the kept ones by least squares, before the recalibration
+CHOICES = [*SELECTIONS, *(f"{name}+comp" for name in ("abs_max", "max_energy", "weight_l1"))]
 WIDTHS = ["uniform:0.9", "uniform:0.75", "uniform:0.5", "footprint:0.25", "footprint:0.1"]
 
 
@@ -67,14 +69,14 @@ def run(args) -> dict:
             x = next(iter(dm.test_dataloader()))[0][:8]
             analysis = analysis_loader(dm)
             stats = pfa.collect_responses(base, analysis, max_samples=PROTOCOLS["fashion_mnist"]["max_samples"],
-                                          progress=False)
+                                          progress=False, per_position=any(s.endswith("+comp") for s in args.selections))
             widths = {}
             for spec, name in cells:
                 counts = widths.setdefault(spec, widths_for(spec, base, stats, x))
-                selection = SELECTIONS[name] or pfa.Random(seed)
+                selection = SELECTIONS[name.removesuffix("+comp")] or pfa.Random(seed)
                 recipe = pfa.make_recipe(base, stats, _FixedWidths(counts), example_inputs=x, selection=selection)
                 cut = copy.deepcopy(base)
-                pfa.apply_recipe(cut, recipe, example_inputs=x)
+                pfa.apply_recipe(cut, recipe, example_inputs=x, compensate_with=stats if name.endswith("+comp") else None)
                 update_bn(analysis, cut)
                 cell = {"after_recalibration": accuracy(cut, dm), "params": pfa.count_params(cut) / pfa.count_params(base)}
                 if args.finetune_epochs:
@@ -99,7 +101,9 @@ def section(data: dict) -> list[str]:
            f"full networks (seeds {', '.join(seeds)}), cut to the same widths by each selection, BatchNorm "
            "recalibrated on the training images, tested on the 10,000 test images"
            + (f", then fine-tuned {args['finetune_epochs']} epoch(s)" if args.get("finetune_epochs") else "")
-           + ". `uniform:f`: every layer keeps a fraction f of its units; `footprint:r`: the default "
+           + ". `+comp`: the removed units folded into the kept ones by least squares before the recalibration "
+           "(`apply_recipe(..., compensate_with=stats)`). `uniform:f`: every layer keeps a fraction f of its units; "
+           "`footprint:r`: the default "
            "`Footprint(r)`'s widths. Accuracy in %, mean ± std over seeds; the best mean of each row in bold.", ""]
     for field in fields:
         for net in args["nets"]:
@@ -124,7 +128,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)),
                         help="which seeds (the sweep's networks 0-2 are reused once it has trained them)")
     parser.add_argument("--widths", nargs="+", default=WIDTHS)
-    parser.add_argument("--selections", nargs="+", default=list(SELECTIONS), choices=list(SELECTIONS))
+    parser.add_argument("--selections", nargs="+", default=CHOICES, choices=CHOICES)
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other work shares the CPU)")
