@@ -13,7 +13,8 @@ from torch import nn
 from pfa_lightning.activations import UNKNOWN_NOTE
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.graph import ChannelSpace, ModelGraph, module_width, uncuttable_spaces
+from pfa_lightning.candidates import uncuttable_spaces
+from pfa_lightning.graph import ChannelSpace, ModelGraph, module_width
 from pfa_lightning.nested import map_nested
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name

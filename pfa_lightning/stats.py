@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from pfa_lightning.errors import PFAError
-from pfa_lightning.graph import ModelGraph, ResponsePoint, analysable_layers, evaluating, module_width
+from pfa_lightning.candidates import analysable_layers
+from pfa_lightning.graph import ModelGraph, ResponsePoint, evaluating, module_width
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.nested import batch_size, clone_inputs, first_input, model_inputs, run_model
 from pfa_lightning.validation import check_choice, check_int
