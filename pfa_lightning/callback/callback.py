@@ -25,6 +25,7 @@ from pfa_lightning.callback.evaluation import Evaluation
 from pfa_lightning.callback.interrupts import prompt_sigterm
 from pfa_lightning.callback.monitors import restart_monitors
 from pfa_lightning.callback.optim_state import carry_over, kept_parameter_indices
+from pfa_lightning.callback.record import Compression
 from pfa_lightning.callback.report import (compression_metrics, footprint_of, log_to_loggers, monitored_metrics,
                                           print_compression)
 from pfa_lightning.errors import PFAError
@@ -153,7 +154,7 @@ class PFACallback(Evaluation, Callback):
         self.validate_after = check_bool("validate_after", validate_after)
         self.keep_scheduler_progress = check_bool("keep_scheduler_progress", keep_scheduler_progress)
         self.verbose = check_bool("verbose", verbose)
-        self.history: list[dict[str, Any]] = []  # one plain dict per compression done, oldest first
+        self.history: list[Compression] = []  # one record per compression done, oldest first
         self.analysis_data = ""  # what the latest analysis read, in words
         self._analysis: tuple[tuple, tuple[Iterable, int | None]] | None = None
         self._example_spec: Any = None
@@ -162,11 +163,11 @@ class PFACallback(Evaluation, Callback):
     @property
     def recipes(self) -> list[Recipe]:
         """The recipes applied so far, oldest first."""
-        return [Recipe.from_dict(entry["recipe"]) for entry in self.history]
+        return [entry.recipe for entry in self.history]
 
     @property
     def done_epochs(self) -> set[int]:
-        return {int(entry["epoch"]) for entry in self.history}
+        return {entry.epoch for entry in self.history}
 
     # -- setup: checks that need the trainer, and the restore hook ---------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -199,7 +200,7 @@ class PFACallback(Evaluation, Callback):
         checkpoint[CHECKPOINT_KEY] = {
             "version": HISTORY_VERSION,
             "example_inputs": copy.deepcopy(self._example_spec),
-            "history": copy.deepcopy(self.history),
+            "history": [entry.to_dict() for entry in self.history],
         }
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -210,7 +211,7 @@ class PFACallback(Evaluation, Callback):
         version = data.get("version", HISTORY_VERSION)
         if version != HISTORY_VERSION:
             raise PFAError(f"Unsupported PFA checkpoint history version {version!r}; expected {HISTORY_VERSION}.")
-        self.history = copy.deepcopy(list(data.get("history") or []))
+        self.history = [Compression.from_dict(entry) for entry in data.get("history") or []]
         self._example_spec = copy.deepcopy(data.get("example_inputs")) or self._example_spec
 
     # -- training ----------------------------------------------------------------------------------
@@ -309,18 +310,14 @@ class PFACallback(Evaluation, Callback):
         recalibrated = self.recalibrate and self._recalibrate(trainer, pl_module)
         acc_after = self._evaluate(trainer, pl_module)[0] if self.validate_after and recalibrated else acc_cut
         self._example_spec = self._example_spec or input_spec(inputs)
-        self.history.append({
-            "epoch": epoch, "global_step": int(trainer.global_step), "recipe": recipe.to_dict(),
-            "params_before": before["params"], "params_after": after["params"],
-            "flops_before": before["flops"], "flops_after": after["flops"],
-            "acc_before": acc_before, "acc_cut": acc_cut, "acc_after": acc_after, "recalibrated": recalibrated,
-            "accuracy_on": accuracy_on,
-        })
-        metrics = compression_metrics(self.history[-1], recipe, len(self.history))
+        self.history.append(Compression(
+            epoch, int(trainer.global_step), recipe, before["params"], after["params"], before["flops"], after["flops"],
+            acc_before, acc_cut, acc_after, recalibrated, accuracy_on))
+        metrics = compression_metrics(self.history[-1], len(self.history))
         log_to_loggers(trainer, metrics)
         restart_monitors(trainer, self.verbose)  # best checkpoints / early stopping: scores of the cut network only
         if self.verbose and trainer.is_global_zero:
-            print_compression(self.history[-1], recipe, len(self.history), metrics)
+            print_compression(self.history[-1], len(self.history), metrics)
         return recipe
 
     def on_surgery(self, trainer: pl.Trainer, pl_module: pl.LightningModule, recipe: Recipe) -> None:

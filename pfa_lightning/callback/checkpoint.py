@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pfa_lightning.callback.namespace import lightning_module_classes
+from pfa_lightning.callback.record import Compression
 from pfa_lightning.errors import PFAError
 from pfa_lightning.files import first_line, load_plain, not_a_torch_file, refused_as_unsafe, truncated_torch_file
 from pfa_lightning.graph import module_width
@@ -118,12 +119,12 @@ class RestoreHook:
             self.module.on_load_checkpoint = self._previous
 
 
-def check_not_behind(checkpoint: dict[str, Any], module: nn.Module, history: list[dict[str, Any]]) -> None:
+def check_not_behind(checkpoint: dict[str, Any], module: nn.Module, history: list[Compression]) -> None:
     """Refuse a checkpoint written before some of the compressions ``module`` has had in this fit
     (``history``), whose weights do not fit it: they belong to a wider network, and the module was cut in
     place and cannot grow back."""
     try:  # compressed in place by this fit (not a fresh module resuming)?
-        compressions = len(history) if history and already_applied(module, Recipe.from_dict(history[-1]["recipe"])) else 0
+        compressions = len(history) if history and already_applied(module, history[-1].recipe) else 0
     except PFAError:
         compressions = 0
     saved = len((checkpoint.get(CHECKPOINT_KEY) or {}).get("history") or [])

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
 from pfa_lightning.callback.namespace import lightning_of
+from pfa_lightning.callback.record import Compression
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
 from pfa_lightning.candidates import analysable_layers
@@ -53,12 +54,12 @@ def check_schedule(strategy: Strategy, compress_at: list[int]) -> None:
                        f"(got {compress_at}), e.g. compress_at={[compress_at[0] + i for i in range(steps)]}.")
 
 
-def strategy_now(strategy: Strategy, history: list[dict[str, Any]], current: dict[str, int]) -> Strategy:
+def strategy_now(strategy: Strategy, history: list[Compression], current: dict[str, int]) -> Strategy:
     """The strategy of the next compression: a gradual ``Footprint(steps=n)``'s next step (its share of what
     is left, from the footprint before the first compression), else the strategy itself."""
     if not isinstance(strategy, Footprint) or strategy.steps == 1:
         return strategy
-    original = history[0][f"{strategy.metric}_before"] if history else current[strategy.metric]
+    original = history[0].footprint(strategy.metric, "before") if history else current[strategy.metric]
     return strategy.step(current[strategy.metric] / original, strategy.steps - len(history))
 
 

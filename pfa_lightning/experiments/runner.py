@@ -236,8 +236,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         history = pfa_cb.history if pfa_cb is not None else []
         # the callback counted the footprints around each surgery; count them here only without one
         if history:
-            params_full, flops_full = history[0]["params_before"], history[0]["flops_before"]
-            params_now, flops_now = history[-1]["params_after"], history[-1]["flops_after"]
+            params_full, flops_full = history[0].params_before, history[0].flops_before
+            params_now, flops_now = history[-1].params_after, history[-1].flops_after
         else:
             params_now, flops_now = count_params(module), count_flops(module, x.to(model_device(module)))
             params_full, flops_full = full_before or (params_now, flops_now)
@@ -245,16 +245,16 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             "name": str(cfg.name),
             "params_full": params_full, "params_compressed": params_now,
             "flops_full": flops_full, "flops_compressed": flops_now,
-            "acc_full": history[0]["acc_before"] if history else acc_final,
-            "acc_after_surgery": history[0]["acc_cut"] if history else None,
-            "acc_after_recalibration": history[0]["acc_after"] if history and history[0]["recalibrated"] else None,
+            "acc_full": history[0].acc_before if history else acc_final,
+            "acc_after_surgery": history[0].acc_cut if history else None,
+            "acc_after_recalibration": history[0].acc_after if history and history[0].recalibrated else None,
             "acc_final": acc_final,
             # what each accuracy is: the full network after `epochs_full` epochs, the final one after `epochs_final`
-            "epochs_full": history[0]["epoch"] if history else int(trainer.current_epoch),
+            "epochs_full": history[0].epoch if history else int(trainer.current_epoch),
             "epochs_final": int(trainer.current_epoch),
-            "recipe": history[-1]["recipe"] if history else None,
-            "compressions": [{k: v for k, v in h.items() if k != "recipe"} for h in history],
-            "recipes": [h["recipe"] for h in history],
+            "recipe": history[-1].recipe.to_dict() if history else None,
+            "compressions": [h.measures() for h in history],
+            "recipes": [h.recipe.to_dict() for h in history],
             "settings": run_settings(cfg, pfa_cb.strategy if pfa_cb is not None else None),
         }
         results["params_ratio"] = results["params_compressed"] / params_full

@@ -44,9 +44,9 @@ def test_compress_at_zero_cuts_before_training_and_the_optimizer_steps_the_cut_p
     trainer.fit(module, *loaders())
 
     [entry] = pfa.history
-    assert entry["epoch"] == 0 and entry["global_step"] == 0
-    assert entry["params_before"] == full and count_params(module) == entry["params_after"] < full
-    assert entry["acc_before"] is not None and entry["accuracy_on"] == "validation"  # measured before training
+    assert entry.epoch == 0 and entry.global_step == 0
+    assert entry.params_before == full and count_params(module) == entry.params_after < full
+    assert entry.acc_before is not None and entry.accuracy_on == "validation"  # measured before training
     cut = [layer for layer in pfa.recipes[0] if layer.kept < layer.original]
     assert cut, "a trained network has correlated units to cut"
     # the optimizer built for the cut network: exactly the module's (cut) parameters, at the schedule's start
@@ -66,8 +66,8 @@ def test_compress_at_zero_and_later_compresses_twice():
     module = trained(WrappedNet, width=16)
     pfa = PFACallback(compress_at=[0, 2], verbose=False)
     quiet_trainer(max_epochs=3, callbacks=[pfa]).fit(module, *loaders())
-    assert [entry["epoch"] for entry in pfa.history] == [0, 2]
-    assert pfa.history[1]["params_before"] == pfa.history[0]["params_after"] > pfa.history[1]["params_after"]
+    assert [entry.epoch for entry in pfa.history] == [0, 2]
+    assert pfa.history[1].params_before == pfa.history[0].params_after > pfa.history[1].params_after
 
 
 def test_a_fit_of_zero_epochs_just_compresses_and_the_checkpoint_loads_back(tmp_path):
@@ -78,8 +78,8 @@ def test_a_fit_of_zero_epochs_just_compresses_and_the_checkpoint_loads_back(tmp_
         warnings.simplefilter("always")
         trainer.fit(module, *loaders())
     assert not [w for w in caught if "no fine-tuning follows" in str(w.message)]  # the cut alone was asked for
-    assert [e["epoch"] for e in pfa.history] == [0] and pfa.history[0]["recalibrated"]
-    assert count_params(module) == pfa.history[0]["params_after"] < pfa.history[0]["params_before"]
+    assert [e.epoch for e in pfa.history] == [0] and pfa.history[0].recalibrated
+    assert count_params(module) == pfa.history[0].params_after < pfa.history[0].params_before
     trainer.save_checkpoint(tmp_path / "cut.ckpt")
     loaded = load_compressed(ResidualNet, tmp_path / "cut.ckpt")
     assert count_params(loaded) == count_params(module)
@@ -96,7 +96,7 @@ def test_resuming_a_fit_that_compressed_at_zero_does_not_compress_again(tmp_path
 
     resumed, pfa2 = ResidualNet(), PFACallback(compress_at=[0], verbose=False)
     quiet_trainer(max_epochs=2, callbacks=[pfa2]).fit(resumed, *loaders(), ckpt_path=tmp_path / "epoch1.ckpt")
-    assert [e["epoch"] for e in pfa2.history] == [0]
+    assert [e.epoch for e in pfa2.history] == [0]
     assert {n: p.shape for n, p in resumed.named_parameters()} == {n: p.shape for n, p in module.named_parameters()}
 
 

@@ -208,11 +208,11 @@ def test_a_gradual_footprint_reaches_its_target_in_equal_steps():
     full = pfa.count_params(module)
     callback = PFACallback(pfa.Footprint(0.3, steps=3), compress_at=[1, 2, 3], verbose=False)
     quiet_trainer(max_epochs=4, callbacks=[callback]).fit(module, *loaders())
-    ratios = [h["params_after"] / h["params_before"] for h in callback.history]
+    ratios = [h.params_after / h.params_before for h in callback.history]
     assert len(ratios) == 3 and pfa.count_params(module) <= 0.3 * full
     assert pfa.count_params(module) >= 0.2 * full  # close to the target, not far below it
     assert all(r < 0.95 for r in ratios) and max(ratios) - min(ratios) < 0.25  # three real, similar cuts
-    assert callback.history[0]["recipe"]["strategy"]["ratio"] == pytest.approx(0.3 ** (1 / 3))
+    assert callback.history[0].recipe.strategy["ratio"] == pytest.approx(0.3 ** (1 / 3))
 
 
 def test_a_gradual_footprint_needs_as_many_epochs_and_the_callback():

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import Callback
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -17,7 +18,7 @@ from pfa_lightning.callback.distill import Distillation, Teacher
 from tests.helpers.callback_models import ResidualNet, loaders, make_dataset, quiet_trainer
 
 
-class Snapshot(pfa.PFACallback.__mro__[1]):  # a plain Lightning Callback
+class Snapshot(Callback):
     """Keeps a copy of the module right after PFA's surgery and recalibration (it runs after PFACallback)."""
 
     def __init__(self) -> None:
@@ -38,15 +39,15 @@ def test_recalibration_after_surgery(recalibrate):
                          recalibrate=recalibrate, verbose=False)
     quiet_trainer(max_epochs=2, callbacks=[pfa_cb, snapshot]).fit(ResidualNet(), train, val)
     entry = pfa_cb.history[0]
-    assert entry["recalibrated"] is recalibrate
-    assert entry["acc_cut"] is not None and entry["acc_after"] is not None
+    assert entry.recalibrated is recalibrate
+    assert entry.acc_cut is not None and entry.acc_after is not None
     cut = snapshot.module
     reference = copy.deepcopy(cut)
     update_bn(([x] for x, _ in analysis), reference)
     same = torch.allclose(cut.bn0.running_mean, reference.bn0.running_mean, atol=1e-6)
     assert same is recalibrate
     if not recalibrate:
-        assert entry["acc_after"] == entry["acc_cut"]
+        assert entry.acc_after == entry.acc_cut
 
 
 def _mini_module():

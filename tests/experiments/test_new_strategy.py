@@ -29,7 +29,7 @@ def test_a_new_strategy_works_through_the_api_the_callback_and_run_py(tmp_path):
     module = ResidualNet()
     callback = pfa.PFACallback(Share(share=0.5), compress_at=[1], verbose=False)
     quiet_trainer(max_epochs=1, callbacks=[callback]).fit(module, *loaders())
-    assert module.conv1.out_channels == 6 and callback.history[0]["recipe"]["strategy"]["share"] == 0.5
+    assert module.conv1.out_channels == 6 and callback.history[0].recipe.strategy["share"] == 0.5
 
     conf = tmp_path / "conf" / "pfa"
     conf.mkdir(parents=True)

@@ -55,7 +55,7 @@ def test_inside_a_compressed_fit_the_rate_restarts_at_restart_lr(tmp_path):
     trainer = pl.Trainer(max_epochs=3, callbacks=[pfa, rates], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, data)
-    assert len(pfa.history) == 1 and pfa.history[0]["accuracy_on"] == "test"
+    assert len(pfa.history) == 1 and pfa.history[0].accuracy_on == "test"
     stage1 = [lr for epoch, lr in rates.rates if epoch < 2]
     stage2 = [lr for epoch, lr in rates.rates if epoch == 2]
     assert len(stage1) == 8 and len(stage2) == 4  # stepped per batch

@@ -44,7 +44,7 @@ def main(out_dir: str, skew: bool, nan: bool = False, start: bool = False) -> No
     trainer.fit(module, *loaders())
     torch.save({
         "rank": trainer.global_rank,
-        "history": pfa.history,
+        "history": [entry.to_dict() for entry in pfa.history],
         "widths": {name: tuple(p.shape) for name, p in module.named_parameters()},
         "params": {name: p.detach().clone() for name, p in module.named_parameters()},
     }, os.path.join(out_dir, f"rank{trainer.global_rank}.pt"))
