@@ -12,7 +12,7 @@ fine-tuned for the same number of epochs, and tested:
   (the naive baseline: width scaling + magnitude pruning);
 - ``weight_l1``, ``random``, ``max_energy``: the default footprint's widths, filters chosen by weight L1
   norm / at random / by ``pfa.MaxEnergy`` (the response energy left unexplained by the kept units);
-- ``footprint+comp``, ``weight_l1+comp``: the same cuts with the removed units folded into the kept ones by least
+- ``footprint+comp``, ``weight_l1+comp``, ``max_energy+comp``: the same cuts with the removed units folded into the kept ones by least
   squares (``apply_recipe(..., compensate_with=stats)``), before the BatchNorm recalibration;
 - ``scratch``: ``uniform``'s architecture trained from random weights for the same total epochs as the
   full network plus its fine-tuning (Liu et al. 2019, "Rethinking the value of network pruning").
@@ -46,7 +46,7 @@ from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean,
 
 NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
 ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch",
-        "footprint+comp", "weight_l1+comp")  # +comp: the removed units folded into the kept ones (least squares)
+        "footprint+comp", "weight_l1+comp", "max_energy+comp")  # +comp: removed units folded into kept ones
 DEFAULT_ARM = "footprint"  # the library's default: pfa.Footprint(r, metric) with its default selection
 LONG_ARMS = ("footprint", "uniform", "weight_l1")
 # per data set: the protocol's defaults (each a command-line option)
