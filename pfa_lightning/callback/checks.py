@@ -9,9 +9,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from pfa_lightning.callback.namespace import lightning_of
 from pfa_lightning.callback.record import Compression
+from pfa_lightning.candidates import analysable_layers
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import FootprintProbe
-from pfa_lightning.candidates import analysable_layers
 from pfa_lightning.graph import ModelGraph
 from pfa_lightning.recipe import legal_width
 from pfa_lightning.strategies import Footprint, Strategy
