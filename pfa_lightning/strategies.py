@@ -45,8 +45,13 @@ class Strategy(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if isinstance(cls.__dict__.get("name"), str):
-            REGISTRY[cls.name] = cls
+        name = cls.__dict__.get("name")
+        if isinstance(name, str):
+            taken = REGISTRY.get(name)
+            if taken is not None and taken.__module__ == __name__ and taken.__qualname__ != cls.__qualname__:
+                raise PFAError(f"Strategy name {name!r} is {taken.__qualname__}'s, built into pfa_lightning: "
+                               f"give {cls.__name__} another `name`.")
+            REGISTRY[name] = cls
 
     @abstractmethod
     def decide(self, spectra: Sequence[Spectrum], clamp: Callable[[int, Spectrum], int],

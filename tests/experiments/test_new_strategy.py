@@ -44,3 +44,18 @@ def test_a_new_strategy_works_through_the_api_the_callback_and_run_py(tmp_path):
     assert results["settings"]["pfa_strategy"] == "share" and results["settings"]["pfa_share"] == 0.25
     assert results["settings"]["pfa_label"] == "share=0.25"
     assert results["recipe"]["strategy"] == {"name": "share", "share": 0.25, "floor": 2}
+
+
+def test_a_new_strategy_cannot_take_a_built_in_name():
+    import dataclasses
+    from typing import ClassVar
+
+    import pytest
+
+    with pytest.raises(pfa.PFAError, match=r"Strategy name 'kl' is KL's, built into pfa_lightning: give Mine another"):
+        @dataclasses.dataclass(frozen=True)
+        class Mine(pfa.Strategy):
+            name: ClassVar[str] = "kl"
+
+            def decide(self, spectra, clamp, probe):
+                raise NotImplementedError
