@@ -366,9 +366,6 @@ class Uniform(Strategy):
         return f"units {diagnostics['units_ratio']:.0%}" if "units_ratio" in diagnostics else ""
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"kl": KL, "energy": Energy, "footprint": Footprint, "uniform": Uniform}
-
-
 def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     """A :class:`Strategy` from an instance or a name (``kl``, ``energy``, ``footprint``, ``uniform``) plus options.
 
@@ -377,8 +374,10 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     """
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(strategy, Strategy):
-        if options:
-            raise PFAError(f"Options {sorted(options)} only apply to a strategy given by name, not to {strategy!r}.")
+        own = strategy.to_dict()  # an option that only repeats the instance's own value (a config's shortcut) is fine
+        differing = sorted(k for k, v in options.items() if own.get(k) != v)
+        if differing:
+            raise PFAError(f"Options {differing} only apply to a strategy given by name, not to {strategy!r}.")
         return strategy
     if not isinstance(strategy, str) or strategy.lower() not in REGISTRY:
         raise fail("strategy", f"one of {tuple(REGISTRY)} or a Strategy instance", strategy)

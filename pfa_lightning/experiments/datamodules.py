@@ -246,11 +246,16 @@ class FashionMNISTDataModule(ImageDataModule):
     def prepare_data(self) -> None:
         self._locate()
 
-    def _images(self, part: str, files: dict[str, Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _images(self, part: str, files: dict[str, Path], size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``part``'s images (resized, standardised, repeated to ``in_channels``) and labels; with ``size``, a
+        seeded class-balanced subset of that many, taken before any image is converted."""
         images, labels = (read_idx(files[stem]) for stem in _IDX_FILES[part])
         if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels) or int(labels.max()) >= 10:
             raise DataError(f"Fashion-MNIST's {part} files do not match: images {tuple(images.shape)}, labels "
                             f"{tuple(labels.shape)} (expected N x H x W images, N labels in [0, 10)).")
+        if size is not None and size < len(labels):
+            keep = seeded_subset(labels, size, self.seed)
+            images, labels = images[keep], labels[keep]
         x = images.unsqueeze(1).float() / 255.0
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -259,13 +264,9 @@ class FashionMNISTDataModule(ImageDataModule):
 
     def load(self):
         files = self._locate()
-        x, y = self._images("train", files)
-        if self.train_size is not None and self.train_size < len(y):
-            keep = seeded_subset(y, self.train_size, self.seed)
-            x, y = x[keep], y[keep]
-        test = TransformedTensors(*self._images("test", files))
+        x, y = self._images("train", files, self.train_size)
         self._plain = TransformedTensors(x, y)
-        return TransformedTensors(x, y, augment=self.augment), None, test
+        return TransformedTensors(x, y, augment=self.augment), None, TransformedTensors(*self._images("test", files))
 
     def load_plain_train(self):
         return self._plain if self.augment else None

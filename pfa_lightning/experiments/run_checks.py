@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pfa_lightning.callback.checkpoint import check_checkpoint_file
 from pfa_lightning.errors import PFAError
-from pfa_lightning.validation import fail
+from pfa_lightning.validation import check_epochs, check_int, fail, is_int
 
 
 def run_settings(cfg: DictConfig, strategy: Any = None) -> dict[str, Any]:
@@ -50,8 +50,6 @@ def resume_from(path: Any) -> str | None:
 def check_run_settings(cfg: DictConfig) -> None:
     """The run's own numbers, before anything is built: one clear PFAError naming the setting instead of a
     ValueError from ``int("abc")`` or another component's complaint about a value derived from it."""
-    from pfa_lightning.validation import check_epochs, check_int, is_int
-
     def value(key: str) -> Any:
         return OmegaConf.select(cfg, key, throw_on_missing=False)
 

@@ -31,12 +31,10 @@ from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.nested import first_input
 from pfa_lightning.recipe import spectra_of
 from pfa_lightning.stats import ResponseStats, model_device
-from pfa_lightning.strategies import Strategy
 from pfa_lightning.validation import fail
 
 log = logging.getLogger("pfa_lightning")
 
-SHORTCUTS = ("threshold", "ratio", "metric", "allocation")  # PFACallback's flat strategy options (a name's shortcut)
 # the `pfa` config keys: every PFACallback argument but the analysis data, which the data module gives
 PFA_OPTIONS = tuple(name for name in inspect.signature(PFACallback.__init__).parameters
                     if name not in ("self", "dataloader"))
@@ -133,14 +131,8 @@ def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | N
     unknown = sorted(set(cfg.pfa) - set(PFA_OPTIONS))
     if unknown:
         raise fail("pfa", f"a config whose keys are PFACallback's arguments {PFA_OPTIONS}; unknown keys", unknown)
-    options = _instantiate(cfg.pfa, "A `pfa` setting could not be built")  # the strategy, a selection object...
-    if isinstance(options["strategy"], Strategy):  # the shortcuts (pfa.ratio=...) were interpolated into it
-        strategy = options["strategy"].to_dict()
-        for key in SHORTCUTS:
-            if options.get(key) is not None and strategy.get(key) != options[key]:
-                raise PFAError(f"`pfa.{key}={options[key]}` does not apply to the strategy {options['strategy']!r}: "
-                               f"set its options inside it (pfa.strategy.{key}=...).")
-            options.pop(key, None)
+    # the strategy object (conf/pfa/*.yaml interpolate the shortcuts pfa.ratio=... into it), a selection object...
+    options = _instantiate(cfg.pfa, "A `pfa` setting could not be built")
     analysis = datamodule.analysis_dataloader() if hasattr(datamodule, "analysis_dataloader") else None
     return ExperimentPFACallback(datamodule=datamodule, dataloader=analysis, **options)
 

@@ -410,6 +410,10 @@ def test_strategy_and_selection_objects_inside_a_fit():
     assert callback.recipes[0].selection == "l1_max"
     with pytest.raises(pfa.PFAError, match=r"Options \['ratio'\] only apply to a strategy given by name"):
         PFACallback(pfa.KL(), ratio=0.5, compress_at=[1])
+    # a shortcut that repeats the object's own option (what conf/pfa/footprint.yaml interpolates) is no conflict
+    assert PFACallback(pfa.Footprint(0.5), ratio=0.5, metric="params", compress_at=[1]).strategy == pfa.Footprint(0.5)
+    with pytest.raises(pfa.PFAError, match=r"Options \['ratio'\] only apply to a strategy given by name"):
+        PFACallback(pfa.Footprint(0.5), ratio=0.3, compress_at=[1])
 
 
 def test_compression_metrics_can_be_monitored_and_a_best_checkpoint_from_before_the_surgery_is_refused(tmp_path):
