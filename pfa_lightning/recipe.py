@@ -308,8 +308,7 @@ def make_recipe(
             groups, diagnostics = info.setdefault(p, ([], {}))
             groups.append(space.root)
             if not diagnostics:
-                starved = not sp.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH
-                note = "too few samples: kept whole" if sp.frozen else f"only {k} kept" if starved else ""
+                note = "too few samples: kept whole" if sp.frozen else f"only {k} kept" if starved(k, sp, space) else ""
                 diagnostics.update({"inactive": len(sp.inactive), "samples": sp.num_samples, **diag,
                                     **({"note": note} if note else {})})
     warn_degenerate(spaces, decision.counts, spectra, strategy)
@@ -350,14 +349,18 @@ STARVED_UNITS, STARVED_WIDTH = 4, 16  # a layer of 16+ units cut below 4 is left
 TINY_FRACTION = 0.1  # a decision keeping less than this fraction of the analysed units is suspicious
 
 
+def starved(k: int, spectrum: Spectrum, space: ChannelSpace) -> bool:
+    """Whether keeping ``k`` units leaves an analysed space of 16+ units with a handful."""
+    return not spectrum.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH
+
+
 def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list[Spectrum], strategy: Strategy) -> None:
     """Warn when a decision leaves layers with a handful of units, or (a strategy that was not given a size)
     keeps a tiny fraction of all the analysed units: the network would be near chance before fine-tuning."""
-    starved = [f"{space.root} ({k} of {space.width})" for space, k, sp in zip(spaces, counts, spectra)
-               if not sp.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH]
-    if starved:
-        shown = listed(starved)
-        warnings.warn(f"The recipe leaves {len(starved)} layer(s) with fewer than {STARVED_UNITS} units: {shown}. "
+    few = [f"{space.root} ({k} of {space.width})" for space, k, sp in zip(spaces, counts, spectra)
+           if starved(k, sp, space)]
+    if few:
+        warnings.warn(f"The recipe leaves {len(few)} layer(s) with fewer than {STARVED_UNITS} units: {listed(few)}. "
                       "Check the spectra; a milder strategy (a higher energy threshold, PFA-KL, or a Footprint "
                       "ratio) or `min_units` keeps more.", stacklevel=3)
     total, kept = sum(s.width for s in spaces), sum(counts)
