@@ -24,13 +24,19 @@ finished runs, so an interrupted sweep resumes), plots to ``benchmarks/results/b
     python benchmarks/budget_sweep.py --dataset fashion_mnist      # the benchmark (~3 h on 2 CPU cores)
     python benchmarks/budget_sweep.py                              # digits, the fast smoke sweep (~1 h)
     python benchmarks/budget_sweep.py --nets vgg16 --seeds 1 --budgets params:0.1
+    # two at once on 2 cores, sharing the results file (each save merges under a lock):
+    python benchmarks/budget_sweep.py --dataset fashion_mnist --nets vgg16 --only-seeds 1 2 --threads 1 &
+    python benchmarks/budget_sweep.py --dataset fashion_mnist --nets resnet20 --threads 1 &
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import fcntl
 import json
+import os
 import statistics
 import sys
 import time
@@ -146,22 +152,73 @@ def reinitialised(model):
     return fresh
 
 
+PROTOCOL_KEYS = ("dataset", "epochs", "finetune_epochs", "long_epochs", "lr", "max_samples", "train_size")
+
+
+@contextlib.contextmanager
+def _locked(raw: Path):
+    """Several sweeps (say one per network, ``--threads 1`` each) may share one results file: each save
+    happens under an exclusive lock and merges what the others wrote meanwhile."""
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    with open(raw.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _merged_args(old: dict | None, args) -> dict:
+    """The file's description of the sweep: this run's protocol; networks, arms and budgets of every run
+    that wrote to it (in their canonical order); the largest number of seeds planned."""
+    new = {k: v for k, v in vars(args).items() if k not in ("fresh", "render_only", "only_seeds")}
+    if not old:
+        return new
+    for key, order in (("nets", list(NETS)), ("arms", list(ARMS)), ("budgets", None), ("long_arms", list(ARMS))):
+        union = set(old.get(key, [])) | set(new[key])
+        order = order or list(dict.fromkeys(old.get(key, []) + new[key]))
+        new[key] = [x for x in order if x in union]
+    new["seeds"] = max(old.get("seeds", 0), new["seeds"])
+    return new
+
+
+def _check_protocol(old: dict | None, args, raw: Path) -> None:
+    if not old:
+        return
+    differ = [f"{k}={old.get(k)!r} there, {getattr(args, k)!r} now" for k in PROTOCOL_KEYS
+              if k in old and old.get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"{raw} holds results of another protocol ({'; '.join(differ)}): rerun with its settings to "
+                         "go on, or pass --fresh to start over (its results are then forgotten)")
+
+
 def run(args) -> dict:
     raw = raw_path(args.dataset)
-    data = json.loads(raw.read_text()) if raw.exists() and not args.fresh else {"runs": {}}
-    data["args"] = {k: v for k, v in vars(args).items() if k not in ("fresh", "render_only")}
+    with _locked(raw):
+        data = json.loads(raw.read_text()) if raw.exists() and not args.fresh else {"runs": {}}
+    if not args.fresh:
+        _check_protocol(data.get("args"), args, raw)
     data["machine"] = machine()
     started = time.time()
 
     def save():
-        data["seconds"] = data.get("seconds", 0) + (time.time() - save.last)
-        save.last = time.time()
-        tmp = raw.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(raw)
+        with _locked(raw):
+            on_disk = json.loads(raw.read_text()) if raw.exists() else {"runs": {}}
+            if args.fresh and not save.merged_once:
+                on_disk = {"runs": {}}  # --fresh: this run's results replace the file's
+            save.merged_once = True
+            for key, value in on_disk["runs"].items():  # what other sweeps wrote meanwhile
+                data["runs"].setdefault(key, value)
+            data["args"] = _merged_args(on_disk.get("args"), args)
+            data["seconds"] = on_disk.get("seconds", 0) + (time.time() - save.last)
+            save.last = time.time()
+            tmp = raw.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(raw)
     save.last = started
+    save.merged_once = False
 
-    for seed in range(args.seeds):
+    for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
         for net in args.nets:
             todo = [(b, e) for b in args.budgets for e in [args.finetune_epochs] + ([args.long_epochs] if b in args.long else [])
                     if any(f"{net}|{seed}|{b}|{arm}|{e}" not in data["runs"] for arm in arms_for(args, e))]
@@ -358,6 +415,8 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=protocol["max_samples"])
     parser.add_argument("--train-size", type=int, default=protocol["train_size"],
                         help="a fixed subset of the training images (fashion_mnist)")
+    parser.add_argument("--only-seeds", type=int, nargs="+", default=None,
+                        help="run these seeds only (e.g. one sweep per network and seed, in parallel: they merge)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--render-only", action="store_true", help="print the section from the saved results")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other work shares the CPU)")
