@@ -13,23 +13,25 @@ from pfa_lightning.nested import clone_inputs
 
 
 def uncuttable_spaces(model: nn.Module, example_inputs: Any, spaces: Sequence[ChannelSpace],
-                      advance: Callable[[], None] = lambda: None) -> dict[str, str]:
+                      advance: Callable[[], None] = lambda: None, graph: ModelGraph | None = None) -> dict[str, str]:
     """The spaces (by root) whose cut breaks ``model``, with why; ``model`` is left exactly as it was.
 
     Some code hard-codes a width Torch-Pruning cannot see (a reshape to ``hidden_dim``, a split into
     ``num_heads``): such a space must be left whole. Each trial removes one position from every space
     tried, on the model itself (restored exactly afterwards), and runs it; failing sets are bisected,
     so a model where every cut works costs one trial. ``advance()`` is called after each trial (progress).
+    ``graph``: the model's graph if already traced (one trace serves every trial).
     """
     inputs = clone_inputs(example_inputs, 2)
     before = output_shapes(model, inputs)
 
+    graph = graph or ModelGraph(model, inputs)
+
     def failure(subset: Sequence[ChannelSpace]) -> str | None:
-        state = ModelState(model)
+        state = ModelState(model)  # the trial restores it too; this also covers a failure inside the cut
         try:
-            graph = ModelGraph(model, inputs)
-            graph.prune({s.root: list(range(0, s.width, s.width // s.groups)) for s in subset})
-            after = output_shapes(model, inputs)
+            with graph.trial({s.root: s.trial_cut() for s in subset}):
+                after = output_shapes(model, inputs)
             return None if after == before else f"the output shape changes from {before} to {after}"
         except Exception as err:  # noqa: BLE001 - any failure means: leave these channels alone
             return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
@@ -46,7 +48,7 @@ def uncuttable_spaces(model: nn.Module, example_inputs: Any, spaces: Sequence[Ch
         half = len(subset) // 2
         return {**search(subset[:half]), **search(subset[half:])}
 
-    return search([s for s in spaces if s.width // s.groups > 1])
+    return search([s for s in spaces if s.width // s.groups > s.block])
 
 
 def match_layers(candidates: Sequence[str], patterns: Iterable[str] | None, what: str) -> set[str]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -21,25 +21,18 @@ from torch import nn
 
 from pfa_lightning.activations import UNKNOWN_NOTE, Activation, activation_of, unknown_activation
 from pfa_lightning.errors import PFAError
+from pfa_lightning.layers import (attention_kind, channel_groups, customized_pruners, heads_of, layer_kind, layer_types,
+                                  unit_count)
 from pfa_lightning.nested import clone_inputs, map_nested, run_model
 from pfa_lightning.pruning import tp
-from pfa_lightning.reshapes import FencedGraph, crosses_fence
+from pfa_lightning.reshapes import MAPPING_ERRORS, FencedGraph, crosses_fence, untraceable
+from pfa_lightning.state import ModelState, evaluating
 from pfa_lightning.sharing import custom_readers, tied_parameters
 
+# the built-in layer kinds; every registered kind (pfa_lightning.layers) is prunable: see layer_types()
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # walked through like BatchNorm when finding the tensor to read (a layer's response is read after its norm)
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
-
-
-def _channel_groups(module: nn.Module) -> int:
-    """How many groups ``module`` splits its channels into, when a cut must respect them: a grouped
-    (not depthwise) convolution or a GroupNorm; 1 otherwise."""
-    if isinstance(module, nn.GroupNorm):
-        return int(module.num_groups)
-    if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-        depthwise = module.groups == module.in_channels == module.out_channels  # Torch-Pruning couples in and out
-        return 1 if depthwise else int(module.groups)
-    return 1
 
 
 @dataclass(frozen=True)
@@ -51,6 +44,8 @@ class ResponsePoint:
     unit_dim: int  # 1 for conv outputs (N, C, ...), -1 for linear outputs (..., C)
     description: str
     unrecognised: str = ""  # the element-wise operation the response is read before (not one PFA knows)
+    reads_input: bool = False  # read the hooked module's input (attention heads: the output projection's input)
+    extract: Any = None  # (module, args, kwargs) -> the tensor to read, computed from the hooked module's call
 
 
 @dataclass
@@ -74,89 +69,31 @@ class ChannelSpace:
     fenced: bool = False
     # a layer touched by a cut of these channels shares a parameter with another (weight tying): left whole
     tied: tuple[str, ...] = ()
+    # the units come in consecutive blocks kept or removed whole (an attention module's heads: head_dim units)
+    block: int = 1
 
     @property
     def coupled(self) -> bool:
         return len(self.producers) > 1
 
+    @property
+    def heads(self) -> bool:
+        return self.block > 1
+
+    def trial_cut(self) -> list[int]:
+        """The smallest legal cut: one position of every group, or the last block."""
+        if self.block > 1:
+            return list(range(self.width - self.block, self.width))
+        return list(range(0, self.width, self.width // self.groups))
+
     def step(self, round_to: int = 1) -> int:
-        """Kept widths are multiples of this (or the full width): the group count and ``round_to``."""
-        return math.lcm(self.groups, round_to)
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and give every submodule its own train/eval flag back."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
+        """Kept widths are multiples of this (or the full width): the group count, the block and ``round_to``."""
+        return math.lcm(self.groups, self.block, round_to)
 
 
 def _with_grad(inputs: Any) -> Any:
     # Tracing follows grad_fn; an input that requires grad gives every op one even in a frozen model.
     return map_nested(inputs, lambda t: t.detach().clone().requires_grad_(True) if t.is_floating_point() else t)
-
-
-class ModelState:
-    """Everything surgery may replace in a model, so that a failed surgery can be undone exactly."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self._saved = [
-            (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), m.training) for m in model.modules()
-        ]
-        self._data = [(t, t.data) for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
-                      if t is not None]
-
-    def restore(self) -> None:
-        for module, attrs, params, buffers, training in self._saved:
-            module.__dict__.clear()
-            module.__dict__.update(attrs)
-            module.__dict__["_parameters"] = params
-            module.__dict__["_buffers"] = buffers
-            module.training = training
-        for tensor, data in self._data:
-            tensor.data = data
-
-    def restore_training_flags(self) -> None:
-        for module, *_, training in self._saved:
-            module.training = training
-
-
-# how Torch-Pruning's index maps fail on an operation they cannot follow
-_MAPPING_ERRORS = (ArithmeticError, IndexError, KeyError, AssertionError)
-
-
-def _untraceable(model: nn.Module, names: Mapping[nn.Module, str], err: BaseException, layer: str = "") -> str:
-    """Why Torch-Pruning could not map ``model``'s channels, naming the layer the failing operation reads
-    (or else the ``layer`` whose channels were being followed)."""
-    node, tb = None, err.__traceback__
-    while tb is not None:  # the graph node Torch-Pruning was mapping when it failed
-        node = tb.tb_frame.f_locals.get("node", node) if "torch_pruning" in tb.tb_frame.f_code.co_filename else node
-        tb = tb.tb_next
-    where, op = "", ""
-    if node is not None and hasattr(node, "inputs"):
-        kind = type(node.module).__name__.strip("_").replace("Op", "").lower() or "tensor"
-        op = f" at {'an' if kind[0] in 'aeiou' else 'a'} {kind} operation"
-        queue, seen = list(node.inputs), set()
-        while queue:  # breadth first, up to the nearest named layer
-            current = queue.pop(0)
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            if current.module in names:
-                where = f" that reads layer {names[current.module]!r}"
-                break
-            queue.extend(current.inputs)
-    if not where and layer:
-        where = f" while following the channels of layer {layer!r}"
-    return (f"PFA cannot map the channels of {type(model).__name__}{op}{where}: Torch-Pruning's dependency graph "
-            f"failed ({type(err).__name__}: {err}). Operations that reinterpret the channel axis in a way it cannot "
-            "follow are not supported (a channel shuffle, reshape -> permute -> reshape, is); "
-            "the model was not changed.")
 
 
 class ModelGraph:
@@ -175,10 +112,10 @@ class ModelGraph:
                 # forward_fn: Torch-Pruning would otherwise try model(*tensor), unpacking a batch into rows
                 self.dg = FencedGraph().build_dependency(
                     model, example_inputs=_with_grad(clone_inputs(example_inputs, 2)), forward_fn=run_model,
-                    verbose=False,
+                    customized_pruners=customized_pruners() or None, verbose=False,
                 )
-        except _MAPPING_ERRORS as err:
-            raise PFAError(_untraceable(model, self._names, err)) from err
+        except MAPPING_ERRORS as err:
+            raise PFAError(untraceable(model, self._names, err)) from err
         finally:
             state.restore_training_flags()
         self._used = False
@@ -187,7 +124,7 @@ class ModelGraph:
     @cached_property
     def custom_readers(self) -> dict[str, list[str]]:
         """User-defined leaf modules reading each layer's output (see :func:`~pfa_lightning.sharing.custom_readers`)."""
-        return custom_readers(self.model, self._example, (*PRUNABLE_TYPES, *_NORM_TYPES, nn.PReLU))
+        return custom_readers(self.model, self._example, (*layer_types(), *_NORM_TYPES, nn.PReLU))
 
     @cached_property
     def spaces(self) -> list[ChannelSpace]:
@@ -215,7 +152,11 @@ class ModelGraph:
         spaces: list[ChannelSpace] = []
         seen: set[nn.Module] = set()
         order = {m: i for i, m in enumerate(self.model.modules())}
-        layers = sorted((m for m in self.dg.module2node if isinstance(m, PRUNABLE_TYPES)), key=order.__getitem__)
+        kinds = layer_types()
+        # the layers inside an attention module PFA cuts by heads (its qkv) belong to the heads' space
+        inside_attention = {m for a in self.model.modules() if (k := attention_kind(a)) is not None
+                            for m in a.modules() if m is not a and m is not k.projection(a)}
+        layers = sorted((m for m in self.dg.module2node if isinstance(m, kinds)), key=order.__getitem__)
         for layer in layers:
             if layer in seen:
                 continue
@@ -223,8 +164,8 @@ class ModelGraph:
             width = pruner.get_out_channels(layer)
             try:
                 group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(width)))
-            except _MAPPING_ERRORS as err:
-                raise PFAError(_untraceable(self.model, self._names, err, self._names[layer])) from err
+            except MAPPING_ERRORS as err:
+                raise PFAError(untraceable(self.model, self._names, err, self._names[layer])) from err
             maps: dict[nn.Module, dict[int, int]] = {}
             reaches_output = fenced = False
             groups = 1
@@ -236,13 +177,13 @@ class ModelGraph:
                     tied.update(self.tied_parameters[module])
                     reaches_output = True
                 is_out = self.dg.is_out_channel_pruning_fn(dep.handler)
-                if is_out and isinstance(module, PRUNABLE_TYPES):
+                if is_out and isinstance(module, kinds):
                     maps.setdefault(module, {}).update(zip(item.root_idxs, item.idxs))
                 if is_out and not dep.target.outputs:
                     reaches_output = True
-                if crosses_fence(self.dg, dep, PRUNABLE_TYPES):
+                if crosses_fence(self.dg, dep, kinds):
                     reaches_output = fenced = True
-                g = _channel_groups(module)
+                g = channel_groups(module)
                 if g > 1 and module in self._names:
                     # positions line up with the space's units only when the module sees the whole space in order
                     in_order = list(item.idxs) == list(item.root_idxs) == list(range(width))
@@ -253,11 +194,27 @@ class ModelGraph:
             index_map = {self._names[m]: [maps[m].get(u, -1) for u in range(width)] for m in producers}
             if any(-1 in v for v in index_map.values()):  # a partial coupling we cannot express
                 reaches_output = True
+            if inside_attention.intersection(producers):  # cut through the heads' space instead
+                reaches_output = True
             names = [self._names[m] for m in producers]
             root = self._names[layer]
             names.remove(root)
             spaces.append(ChannelSpace(root, [root, *names], width, reaches_output, index_map, groups, fenced,
                                        tuple(sorted(tied))))
+        return spaces + self._head_spaces()
+
+    def _head_spaces(self) -> list[ChannelSpace]:
+        """One space per attention module PFA knows (pfa_lightning.layers): its heads' concatenated outputs,
+        cut by whole heads. Left whole when one of its layers shares a parameter with another module."""
+        spaces = []
+        for name, module in self.model.named_modules():
+            kind = attention_kind(module)
+            if kind is None:
+                continue
+            width = unit_count(module)
+            tied = sorted({t for m in module.modules() for t in self.tied_parameters.get(m, [])})
+            spaces.append(ChannelSpace(name, [name], width, bool(tied), {name: list(range(width))},
+                                       tied=tuple(tied), block=int(kind.head_dim(module))))
         return spaces
 
     def spaces_of(self, layer_name: str) -> list[ChannelSpace]:
@@ -270,7 +227,18 @@ class ModelGraph:
         return [n for n, m in self.model.named_modules() if n in names]
 
     def response_point(self, layer_name: str) -> ResponsePoint:
-        """Follow ``layer -> [BatchNorm] -> activation`` and say which tensor to read."""
+        """Follow ``layer -> [BatchNorm] -> activation`` and say which tensor to read (for an attention
+        module: the input of its output projection, the heads' concatenated outputs)."""
+        module = self.model.get_submodule(layer_name)
+        kind = attention_kind(module)
+        if kind is not None:
+            proj = kind.projection(module)
+            heads = int(kind.heads(module))
+            if kind.read is not None:  # the projection is not called as a module: recompute the heads' outputs
+                return ResponsePoint(layer_name, None, -1, f"{layer_name}: its {heads} heads' outputs (read from "
+                                     "its call)", extract=kind.read)
+            return ResponsePoint(self._names[proj], None, -1, f"{layer_name}: its {heads} heads' outputs "
+                                 f"(input of {self._names[proj]})", reads_input=True)
         return self._walk(layer_name)[0]
 
     def _walk(self, layer_name: str) -> tuple[ResponsePoint, Any]:
@@ -299,7 +267,7 @@ class ModelGraph:
             break
         if not nonlinear and not unrecognised:  # a module of the user's own may hide a non-linearity
             unrecognised = ", ".join(self.custom_readers.get(self._names[hook], []))
-        unit_dim = -1 if isinstance(layer, nn.Linear) else 1
+        unit_dim = layer_kind(layer).unit_dim
         description = " -> ".join(chain)
         if unrecognised:
             description += f" (read before {unrecognised}, {UNKNOWN_NOTE}: pre-activation response)"
@@ -321,6 +289,8 @@ class ModelGraph:
         a concatenation, a normalisation...), or reaches a grouped convolution: compensation is
         exact only along linear paths.
         """
+        if attention_kind(self.model.get_submodule(layer_name)) is not None:
+            return None  # heads mix through the attention: no linear path
         _, start = self._walk(layer_name)
         consumers: list[str] = []
         stack = list(start.outputs)
@@ -329,8 +299,9 @@ class ModelGraph:
         while stack:
             node = stack.pop()
             module = node.module
-            if isinstance(module, PRUNABLE_TYPES) and module in self._names:
-                if isinstance(module, nn.Linear) or module.groups == 1:
+            kind = layer_kind(module)
+            if kind is not None and module in self._names:
+                if kind.foldable and channel_groups(module) == 1 and getattr(module, "groups", 1) == 1:
                     consumers.append(self._names[module])
                     continue
                 return None
@@ -345,25 +316,57 @@ class ModelGraph:
         """Remove output channels ``removals[root]`` (current numbering) from each named space.
 
         All or nothing: if any step fails the model is restored exactly and the error re-raised.
-        A graph prunes once; build a new one for the next surgery.
+        A graph prunes once (its shapes are then the cut model's); :meth:`trial` cuts and restores as
+        often as needed.
         """
         if self._used:
             raise RuntimeError("This ModelGraph already performed a surgery; build a new one.")
         self._used = True
         state = ModelState(self.model)
         try:
-            for root, idxs in removals.items():
-                idxs = sorted(int(i) for i in idxs)
-                if not idxs:
-                    continue
-                layer = self.model.get_submodule(root)
-                pruner = self.dg.get_pruner_of_module(layer)
-                group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, idxs)
-                group.prune()
+            self._cut(removals)
         except BaseException:
             state.restore()
             raise
         state.restore_training_flags()
+
+    @contextmanager
+    def trial(self, removals: Mapping[str, Sequence[int]]) -> Iterator[nn.Module]:
+        """Cut ``removals`` for the duration of the block, then restore the model and this graph's own
+        records of its shapes (Torch-Pruning's concat/split nodes) exactly: one trace serves any number
+        of trial cuts (footprint probes, the search for cuts that break the model)."""
+        if self._used:
+            raise RuntimeError("This ModelGraph already performed a surgery; build a new one.")
+        dg = self.dg
+        state = ModelState(self.model, extra=[m for m in dg.module2node if isinstance(m, nn.Module) and m not in self._names])
+        # a cut of an unwrapped parameter (a layer scale, a position embedding) re-keys the graph with the new one
+        books = dict(dg.module2node), dict(dg._param_to_name), list(dg._pruning_history)
+        nodes = [(node, node.module) for node in dg.module2node.values()]
+        try:
+            self._cut(removals)
+            yield self.model
+        finally:
+            state.restore()
+            for book, saved in zip((dg.module2node, dg._param_to_name, dg._pruning_history), books):
+                book.clear()
+                book.update(saved) if isinstance(book, dict) else book.extend(saved)
+            for node, module in nodes:
+                node.module = module
+
+    def _cut(self, removals: Mapping[str, Sequence[int]]) -> None:
+        for root, idxs in removals.items():
+            idxs = sorted(int(i) for i in idxs)
+            if not idxs:
+                continue
+            layer = self.model.get_submodule(root)
+            kind = attention_kind(layer)
+            if kind is not None:  # whole heads, by the attention kind's own cut
+                kind.cut(layer, heads_of([u for u in range(unit_count(layer)) if u not in set(idxs)],
+                                         int(kind.head_dim(layer))))
+                continue
+            pruner = self.dg.get_pruner_of_module(layer)
+            group = self.dg.get_pruning_group(layer, pruner.prune_out_channels, idxs)
+            group.prune()
 
 
 def output_shapes(model: nn.Module, inputs: Any) -> Any:
@@ -372,7 +375,5 @@ def output_shapes(model: nn.Module, inputs: Any) -> Any:
 
 
 def module_width(module: nn.Module) -> int:
-    """Number of output units of a Conv/Linear layer."""
-    return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)
-
-
+    """Number of output units of a layer (see :func:`pfa_lightning.layers.unit_count`)."""
+    return unit_count(module)

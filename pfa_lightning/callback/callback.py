@@ -35,6 +35,7 @@ from pfa_lightning.selection import SelectionLike, resolve_selection
 from pfa_lightning.stats import POOLINGS, ResponseStats, check_max_samples, collect_responses, model_device
 from pfa_lightning.strategies import Strategy, resolve_strategy
 from pfa_lightning.surgery import apply_recipe
+from pfa_lightning.tracing import one_trace
 from pfa_lightning.validation import check_bool, check_choice, check_epochs, check_patterns, fail
 
 OPTIMIZER_STATES = ("reset", "transplant")
@@ -67,8 +68,8 @@ class PFACallback(Evaluation, Callback):
             at the start of the fit, before any training (a network you already trained; then
             ``max_epochs`` is the fine-tuning, and 0 epochs just cuts it).
         threshold: energy kept, for ``"energy"``.
-        ratio, metric, allocation: footprint target (``ratio`` of ``"params"`` or ``"flops"``) and how
-            it is spread over the layers (``"kl"``, ``"energy"``, ``"uniform"``), for ``"footprint"``.
+        ratio, metric, allocation, runtime, batch_size: for ``"footprint"``, its target (``ratio`` of the
+            ``"params"``, ``"flops"`` or ``"latency"`` on ``runtime`` at ``batch_size``) and ``allocation``.
         selection: which units to keep: ``"abs_max"`` (the paper's), ``"l1_max"``, the baselines
             ``"weight_l1"`` / ``"random"``, or a selection object (``pfa.Random(seed=1)``, your own callable).
         dataloader: analysis data (e.g. a target domain); default: the train dataloader's dataset.
@@ -113,6 +114,8 @@ class PFACallback(Evaluation, Callback):
         ratio: float | None = None,
         metric: str | None = None,
         allocation: str | None = None,
+        runtime: str | None = None,
+        batch_size: int | None = None,
         selection: SelectionLike = "abs_max",
         dataloader: Iterable | None = None,
         max_samples: int | None = 2000,
@@ -131,7 +134,7 @@ class PFACallback(Evaluation, Callback):
         verbose: bool = True,
     ) -> None:
         self.strategy = resolve_strategy(strategy, threshold=threshold, ratio=ratio, metric=metric,
-                                         allocation=allocation)
+                                         allocation=allocation, runtime=runtime, batch_size=batch_size)
         self.compress_at = check_epochs("compress_at", compress_at, 0,
                                         " (1-based: 1 compresses after the first epoch, 0 before training)")
         check_schedule(self.strategy, self.compress_at)
@@ -270,6 +273,7 @@ class PFACallback(Evaluation, Callback):
                 log_to_loggers(trainer, {"pfa/acc_end": accuracy})
 
     # -- the compression ---------------------------------------------------------------------------
+    @one_trace()  # analysis, decision and surgery share one trace of the module
     def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Recipe:
         """Analyse, decide, cut, rebuild the optimizers (and the DDP wrapper), log; returns the recipe."""
         training = {m: m.training for m in pl_module.modules()}
