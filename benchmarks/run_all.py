@@ -345,6 +345,20 @@ def architectures_section() -> list[str]:
     return section(json.loads(RAW.read_text())) if RAW.exists() else []
 
 
+def latency_section() -> list[str]:
+    """Latency budgets against their time target (``benchmarks/latency_budget.py``), when measured."""
+    from latency_budget import RAW, section
+
+    return section(json.loads(RAW.read_text())) if RAW.exists() else []
+
+
+def trace_cost_section() -> list[str]:
+    """Decision and surgery time on full-size networks (``benchmarks/trace_cost.py``), when measured."""
+    from trace_cost import RAW, section
+
+    return section(json.loads(RAW.read_text())) if RAW.exists() else []
+
+
 def onnx_section() -> list[str]:
     """ONNX Runtime CPU inference, full vs compressed (``benchmarks/onnx_speed.py``), when its results exist."""
     from onnx_speed import RAW, section
@@ -365,6 +379,8 @@ def report(data: dict) -> str:
         *selection_section(),
         *architectures_section(),
         *onnx_section(),
+        *trace_cost_section(),
+        *latency_section(),
         "## Quality at PFA-KL's own footprint (accuracy in %, mean ± std over seeds)", "",
         "| arm | params % | FLOPs % | accuracy right after surgery | final accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -12,7 +12,7 @@ from pfa_lightning.graph import ModelGraph, module_width
 from pfa_lightning.nested import call_arguments, clone_inputs, run_model
 from pfa_lightning.pruning import count_timm_attention, tp
 
-METRICS = ("params", "flops")
+METRICS = ("params", "flops", "latency")
 
 
 def count_params(model: nn.Module) -> int:
@@ -42,9 +42,10 @@ def measure(model: nn.Module, example_inputs: Any, metric: str) -> int:
 class FootprintProbe:
     """The exact footprint of the network that given widths would produce.
 
-    Each query prunes a weightless copy of the model (on PyTorch's ``meta`` device; on the CPU
-    if the model cannot run there), so the count includes everything surgery changes: the
-    consumers' input channels, BatchNorm parameters, flatten -> Linear features.
+    Each query cuts a weightless copy of the model (on PyTorch's ``meta`` device; on the CPU
+    if the model cannot run there), counts, and restores it, so the count includes everything
+    surgery changes: the consumers' input channels, BatchNorm parameters, flatten -> Linear
+    features. The copy is traced once for all queries.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, metric: str) -> None:
@@ -59,13 +60,23 @@ class FootprintProbe:
             self.template = copy.deepcopy(model).cpu()
             self.inputs = clone_inputs(example_inputs, 1, "cpu")
         self.full = measure(self.template, self.inputs, metric)
+        self.graph = ModelGraph(self.template, self.inputs)  # traced once; every query cuts it and restores it
 
     def __call__(self, keep: Mapping[str, int]) -> int:
         key = tuple(sorted(keep.items()))
         if key not in self._cache:
-            model = copy.deepcopy(self.template)
-            graph = ModelGraph(model, self.inputs)
-            widths = {root: module_width(model.get_submodule(root)) for root in keep}  # a root lies wholly in its space
-            graph.prune({root: range(k, widths[root]) for root, k in keep.items() if k < widths[root]})
-            self._cache[key] = measure(model, self.inputs, self.metric)
+            widths = {root: module_width(self.template.get_submodule(root)) for root in keep}  # wholly in its space
+            with self.graph.trial({root: range(k, widths[root]) for root, k in keep.items() if k < widths[root]}):
+                self._cache[key] = measure(self.template, self.inputs, self.metric)
         return self._cache[key]
+
+
+def probe_for(strategy: Any, model: nn.Module, example_inputs: Any, progress: bool = False) -> Any:
+    """The probe of ``strategy.probe_metric``: counted parameters or FLOPs, or a measured latency
+    (:class:`~pfa_lightning.latency.LatencyProbe` on the strategy's ``runtime`` and ``batch_size``)."""
+    if strategy.probe_metric == "latency":
+        from pfa_lightning.latency import LatencyProbe
+
+        return LatencyProbe(model, example_inputs, getattr(strategy, "runtime", "torch"),
+                            getattr(strategy, "batch_size", 1), timer=getattr(strategy, "timer", None), progress=progress)
+    return FootprintProbe(model, example_inputs, strategy.probe_metric)

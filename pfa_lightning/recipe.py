@@ -12,9 +12,11 @@ from torch import nn
 
 from pfa_lightning.activations import UNKNOWN_NOTE
 from pfa_lightning.errors import PFAError
-from pfa_lightning.footprint import FootprintProbe
+from pfa_lightning.footprint import probe_for
 from pfa_lightning.candidates import uncuttable_spaces
 from pfa_lightning.graph import ChannelSpace, ModelGraph, module_width
+from pfa_lightning.tracing import traced
+from pfa_lightning.layers import unit_weights
 from pfa_lightning.nested import map_nested
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
@@ -154,6 +156,11 @@ class Recipe:
         total, kept = sum(l.original for l in self.layers), sum(l.kept for l in self.layers)
         if total:
             table.add_row("[bold]total", "", str(total), str(kept), f"{100 * kept / total:.0f}", "", "")
+        m = self.summary
+        if "measured_s" in m:  # a latency target: what was timed, and what the latency table predicted
+            table.caption = (f"latency timed: {1e3 * m['measured_full_s']:.2f} ms -> {1e3 * m['measured_s']:.2f} ms "
+                             f"({100 * m['measured_s'] / m['measured_full_s']:.0f}%; the table predicted "
+                             f"{1e3 * m['predicted_s']:.2f} ms)")
         return table
 
 
@@ -229,7 +236,7 @@ def make_recipe(
         raise fail("stats", "the ResponseStats returned by collect_responses", type(stats).__name__)
     stats.check_finite()
 
-    graph = ModelGraph(model, example_inputs)
+    graph = traced(model, example_inputs)
     if graph.fenced:
         named = listed(graph.fenced)
         warnings.warn(f"The channels of {named} pass through a reshape -> permute -> reshape (e.g. a channel "
@@ -252,7 +259,7 @@ def make_recipe(
             continue
         candidates.append(space)
     with progress_bar("PFA trial cuts (channels a cut would break)", None, progress) as advance:
-        broken = uncuttable_spaces(model, example_inputs, candidates, advance)
+        broken = uncuttable_spaces(model, example_inputs, candidates, advance, graph)
     for root, why in broken.items():
         layers = next(s.producers for s in candidates if s.root == root)
         warnings.warn(f"Cutting the channels of {', '.join(layers)} breaks {type(model).__name__} ({why}): "
@@ -286,12 +293,14 @@ def make_recipe(
         return sp.units if sp.frozen else legal_width(max(k, min_units), sp.units, sp.step)
 
     metric = strategy.probe_metric
-    probe = FootprintProbe(model, example_inputs, metric) if metric is not None else None
+    probe = probe_for(strategy, model, example_inputs, progress) if metric is not None else None
     with progress_bar(f"PFA measuring candidate networks ({metric})", None, progress and probe is not None) as advance:
         def measured(keep: Mapping[str, int]) -> int:
             advance()
             return probe(keep)  # type: ignore[misc]
 
+        if hasattr(probe, "verify"):  # a measured footprint (latency) is checked on the real candidate
+            measured.verify = probe.verify  # type: ignore[attr-defined]
         decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
     if all(k >= sp.units for k, sp in zip(decision.counts, spectra)):
         warn_nothing_cut(graph, spectra, broken, stats, min_units, coupled)
@@ -300,8 +309,8 @@ def make_recipe(
     removed: dict[str, set[int]] = {}
     info: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for space, sp, k, diag in zip(spaces, spectra, decision.counts, decision.diagnostics):
-        weights = [model.get_submodule(p).weight.detach()[space.index_map[p]] for p in space.producers]
-        kept = set(select_units(sp, k, chooser, weights, groups=space.groups).tolist())
+        weights = [unit_weights(model.get_submodule(p))[space.index_map[p]] for p in space.producers]
+        kept = set(select_units(sp, k, chooser, weights, groups=space.groups, block=space.block).tolist())
         gone = [u for u in range(space.width) if u not in kept]
         for p in space.producers:
             removed.setdefault(p, set()).update(space.index_map[p][u] for u in gone)

@@ -10,15 +10,13 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from pfa_lightning.allocation import (CEIL_GUARD, energy_count, kl_keep_ratio, largest_fitting, refine_by_timing,
+                                      scaled_widths)
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import METRICS
+from pfa_lightning.latency import RUNTIMES, TOLERANCE as LATENCY_TOLERANCE
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.validation import check_choice, check_fraction, fail, is_int
-
-_EPS = np.finfo(float).eps
-_CEIL_GUARD = 1e-9  # ceil(x - guard): a product like 16 * 0.75 must not become 13
-_ENERGY_GUARD = 1e-12
-
 
 @dataclass
 class Decision:
@@ -91,68 +89,6 @@ class Strategy(ABC):
         return f"{self.name}={options[0]:g}" if options else self.name
 
 
-def kl_divergence(eigenvalues: np.ndarray) -> float:
-    """KL(p || uniform) of the normalised spectrum: log(m) - H(p), in [0, log m]."""
-    total = eigenvalues.sum()
-    m = eigenvalues.size
-    p = (eigenvalues / total if total > 0 else np.zeros(m)) + _EPS
-    p = p / p.sum()
-    return float(np.sum(p * np.log(p * m)))
-
-
-def kl_keep_ratio(spectrum: Spectrum) -> tuple[float, float]:
-    """(KL divergence of the spectrum from uniform, PFA-KL's fraction of units to keep ``1 - KL / log m``)."""
-    m = spectrum.units
-    if m == 1:
-        return 0.0, 1.0
-    if spectrum.eigenvalues.sum() <= 0:
-        return math.log(m), 0.0  # every unit inactive
-    kl = kl_divergence(spectrum.eigenvalues)
-    return kl, 1.0 - kl / math.log(m)
-
-
-def largest_fitting(candidates: np.ndarray, size: Callable[[float], int], target: float) -> tuple[int, int]:
-    """(index, size) of the largest candidate (ascending) whose ``size`` is at most ``target``, by
-    bisection (``size`` must grow with the candidate); each size is measured once. Index -1, with the
-    size of the smallest candidate, when even that one is over the target."""
-    sizes: dict[int, int] = {}
-
-    def fits(i: int) -> bool:
-        if i not in sizes:
-            sizes[i] = size(float(candidates[i]))
-        return sizes[i] <= target
-
-    lo, hi = 0, len(candidates) - 1
-    if not fits(lo):
-        return -1, sizes[lo]
-    if fits(hi):
-        return hi, sizes[hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo, sizes[lo]
-
-
-def scaled_widths(spectra: Sequence[Spectrum], shares: Sequence[float], clamp: Callable[[int, Spectrum], int]
-                  ) -> tuple[np.ndarray, Callable[[float], list[int]]]:
-    """Widths ``ceil(m * min(1, scale * share))`` per space, and the ascending scales at which they change
-    (where ``scale * share * m`` crosses an integer)."""
-    candidates = np.unique([k / (sp.units * share) for sp, share in zip(spectra, shares) if share > 0
-                            for k in range(1, sp.units + 1)])
-
-    def counts(scale: float) -> list[int]:
-        return [clamp(math.ceil(sp.units * min(1.0, scale * share) - _CEIL_GUARD), sp)
-                for sp, share in zip(spectra, shares)]
-
-    return candidates, counts
-
-
-def energy_count(fractions: np.ndarray, threshold: float) -> int:
-    """Smallest k whose first k eigenvalues hold at least ``threshold`` of the energy."""
-    k = int(np.searchsorted(fractions, threshold - _ENERGY_GUARD, side="left")) + 1
-    return min(k, fractions.size)
-
-
 @dataclass(frozen=True)
 class KL(Strategy):
     """PFA-KL, parameter-free: keep ``ceil(m * (1 - KL(p || u) / log m))`` units.
@@ -167,7 +103,7 @@ class KL(Strategy):
         counts, diags = [], []
         for sp in spectra:
             kl, ratio = kl_keep_ratio(sp)
-            counts.append(clamp(math.ceil(sp.units * ratio - _CEIL_GUARD), sp))
+            counts.append(clamp(math.ceil(sp.units * ratio - CEIL_GUARD), sp))
             diags.append({"kl": kl, "kl_max": math.log(sp.units) if sp.units > 1 else 0.0, "units_ratio": ratio})
         return Decision(counts, diags, {})
 
@@ -225,6 +161,9 @@ class Footprint(Strategy):
     metric: str = "params"
     allocation: str = "kl"
     steps: int = 1
+    runtime: str = "torch"  # metric="latency": where the time is measured ("torch" eager, "onnxruntime")
+    batch_size: int = 1  # metric="latency": the batch the time is measured at
+    timer: Callable[[Any, Any], float] | None = dataclasses.field(default=None, compare=False, repr=False)
     name: ClassVar[str] = "footprint"
 
     @property
@@ -239,6 +178,9 @@ class Footprint(Strategy):
         object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
         check_choice("metric", self.metric, METRICS)
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_choice("runtime", self.runtime, RUNTIMES)
+        if not is_int(self.batch_size) or self.batch_size < 1:
+            raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", self.batch_size)
         if not is_int(self.steps) or self.steps < 1:
             raise fail("steps", "an integer >= 1 (the number of compressions that reach the ratio)", self.steps)
 
@@ -281,13 +223,26 @@ class Footprint(Strategy):
         index, achieved = largest_fitting(candidates, lambda v: size(counts_at(v)), target)
         if index < 0:
             self.check(achieved, full, "(every layer at its floor)")
+        checks: dict[str, float] = {}
+        verify = getattr(probe, "verify", None)
+        if verify is not None:  # a predicted latency: the real candidates are timed, from the prediction's choice
+            def timed(i: int) -> tuple[float, float]:
+                return verify({sp.name: k for sp, k in zip(spectra, counts_at(float(candidates[i])))})
+
+            index, checks = refine_by_timing(index, len(candidates), timed, self.ratio, LATENCY_TOLERANCE)
+            checks["predicted_s"] = size(counts_at(float(candidates[index]))) / 1e9
+            if checks["measured_s"] > self.ratio * checks["measured_full_s"] * (1 + LATENCY_TOLERANCE):
+                raise PFAError(f"Footprint ratio {self.ratio:g} (latency on {self.runtime}, batch {self.batch_size}) "
+                               f"is out of reach: the smallest network timed takes "
+                               f"{checks['measured_s'] / checks['measured_full_s']:.2f} of the full network's time "
+                               "(costs that do not shrink with the widths). Use a larger ratio or batch_size.")
         value = float(candidates[index])
         counts = counts_at(value)
         diags = [{"energy_kept": float(sp.energy_fractions()[k - 1]), "units_ratio": k / sp.units}
                  for sp, k in zip(spectra, counts)]
         summary = {"allocation": self.allocation, "threshold" if self.allocation == "energy" else "scale": value,
                    "metric": self.metric, "full": full, "target": target, "achieved": achieved,
-                   "achieved_ratio": achieved / full}
+                   "achieved_ratio": achieved / full, **checks}
         return Decision(counts, diags, summary)
 
     def check(self, floor: int, full: int, where: str = "") -> None:
@@ -300,7 +255,8 @@ class Footprint(Strategy):
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ratio": self.ratio, "metric": self.metric, "allocation": self.allocation,
-                **({"steps": self.steps} if self.steps > 1 else {})}
+                **({"steps": self.steps} if self.steps > 1 else {}),
+                **({"runtime": self.runtime, "batch_size": self.batch_size} if self.metric == "latency" else {})}
 
     @property
     def label(self) -> str:
@@ -374,7 +330,9 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     """
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(strategy, Strategy):
-        own = strategy.to_dict()  # an option that only repeats the instance's own value (a config's shortcut) is fine
+        # an option that only repeats the instance's own value (a config's shortcut) is fine
+        own = {**strategy.to_dict(), **({f.name: getattr(strategy, f.name) for f in dataclasses.fields(strategy)}
+                                        if dataclasses.is_dataclass(strategy) else {})}
         differing = sorted(k for k, v in options.items() if own.get(k) != v)
         if differing:
             raise PFAError(f"Options {differing} only apply to a strategy given by name, not to {strategy!r}.")

@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# latency tables (metric="latency") are cached on disk: in a temporary directory, never the user's cache
+os.environ["PFA_CACHE_DIR"] = tempfile.mkdtemp(prefix="pfa-cache-")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)
 

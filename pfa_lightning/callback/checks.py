@@ -11,7 +11,7 @@ from pfa_lightning.callback.namespace import lightning_of
 from pfa_lightning.callback.record import Compression
 from pfa_lightning.candidates import analysable_layers
 from pfa_lightning.errors import PFAError
-from pfa_lightning.footprint import FootprintProbe
+from pfa_lightning.footprint import probe_for
 from pfa_lightning.graph import ModelGraph
 from pfa_lightning.recipe import legal_width
 from pfa_lightning.strategies import Footprint, Strategy
@@ -97,7 +97,7 @@ def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: s
     metric = strategy.probe_metric
     if metric is None:
         return
-    probe = FootprintProbe(pl_module, inputs, metric)
+    probe = probe_for(strategy, pl_module, inputs)
     floor = probe({s.root: legal_width(min_units, s.width, s.step(round_to)) for s in graph.spaces
                    if not s.reaches_output and set(s.producers) <= chosen
                    and not (coupled == "skip" and s.coupled)})

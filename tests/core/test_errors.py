@@ -25,7 +25,7 @@ def tiny():
         (lambda: pfa.Energy("0.9"), r"`threshold` must be a number in \(0, 1\], got '0.9'"),
         (lambda: pfa.Footprint(0.0), r"`ratio` must be a number in \(0, 1\], got 0.0"),
         (lambda: pfa.Footprint(-1), r"`ratio` must be a number in \(0, 1\], got -1"),
-        (lambda: pfa.Footprint(0.5, metric="bytes"), r"`metric` must be one of \('params', 'flops'\), got 'bytes'"),
+        (lambda: pfa.Footprint(0.5, metric="bytes"), r"`metric` must be one of \('params', 'flops', 'latency'\), got 'bytes'"),
         (lambda: pfa.resolve_strategy("pca"), r"`strategy` must be one of \('kl', 'energy', 'footprint', 'uniform'.*\) or a Strategy instance, got 'pca'"),
         (lambda: pfa.resolve_strategy("kl", threshold=0.9), r"Strategy 'kl' takes no options, got unexpected \['threshold'\]"),
         (lambda: pfa.resolve_strategy("energy", threshold=2), r"`threshold` must be a number in \(0, 1\], got 2"),

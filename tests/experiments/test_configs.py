@@ -91,6 +91,17 @@ def test_selection_objects_come_from_the_config():
     assert instantiate(cfg.pfa.selection) == pfa.Random(seed=4)
 
 
+def test_a_latency_budget_comes_from_the_command_line_shortcuts():
+    import pfa_lightning as pfa
+    from pfa_lightning.experiments.runner import _pfa_callback
+
+    cfg = composed("pfa=footprint", "pfa.metric=latency", "pfa.ratio=0.4", "pfa.runtime=onnxruntime", "pfa.batch_size=8")
+    callback = _pfa_callback(cfg, datamodule=None)
+    assert callback.strategy == pfa.Footprint(0.4, metric="latency", runtime="onnxruntime", batch_size=8)
+    plain = _pfa_callback(composed("pfa=footprint"), datamodule=None)  # the shortcuts' defaults fit a params target
+    assert plain.strategy == pfa.Footprint(0.5)
+
+
 def test_the_callbacks_group_adds_lightning_callbacks_and_refuses_a_second_pfa_callback():
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 

@@ -1,0 +1,118 @@
+"""Latency budgets: does ``Footprint(r, metric="latency")`` meet its time target, and what does a FLOPs target of the
+same ratio give in time?
+
+For each network (the CIFAR-style VGG-16 and ResNet-56 at full width, random weights, 32x32 inputs), runtime
+(PyTorch eager, ONNX Runtime) and target ratio, a copy is cut by ``Footprint(r, metric="latency", runtime=...,
+batch_size=1)`` and another by ``Footprint(r, metric="flops")``; both are timed against the full network,
+alternately (median of 3 rounds of the runtime's own timer: warm-up, median of 7). Synthetic response statistics
+(as in ``trace_cost.py``) shape the allocation: this measures the time target, not accuracy. Results go to
+``benchmarks/results/latency_budget.json``; ``run_all.py`` puts the section into BENCHMARKS.md.
+
+    python benchmarks/latency_budget.py                 # ~15 min on 2 CPU cores
+    python benchmarks/latency_budget.py --nets vgg16 --runtimes torch --ratios 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pfa_lightning as pfa  # noqa: E402
+from pfa_lightning.latency import runtime_timer  # noqa: E402
+from pfa_lightning.models import build  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
+from trace_cost import synthetic_stats  # noqa: E402
+
+RAW = RESULTS / "latency_budget.json"
+NETS = {"vgg16": {}, "resnet56": {}}
+WITHIN = 0.10  # the target: measured time within 10% of it
+
+
+def timed_ratio(full, cut, x, runtime: str) -> float:
+    timer = runtime_timer(runtime)
+    rounds = [(timer(cut, x), timer(full, x)) for _ in range(3)]
+    return statistics.median(r[0] for r in rounds) / statistics.median(r[1] for r in rounds)
+
+
+def measure(net: str, runtime: str, ratio: float) -> dict:
+    torch.manual_seed(0)
+    model = build(net, num_classes=10, in_channels=3, **NETS[net]).eval()
+    x = torch.randn(1, 3, 32, 32)
+    stats = synthetic_stats(model, x, samples=8192, rank=128)
+    out: dict = {}
+    for metric in ("latency", "flops"):
+        strategy = (pfa.Footprint(ratio, metric="latency", runtime=runtime, batch_size=1) if metric == "latency"
+                    else pfa.Footprint(ratio, metric="flops"))
+        cut = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recipe = pfa.make_recipe(cut, stats, strategy, example_inputs=x)
+        decided = time.perf_counter() - t0
+        pfa.apply_recipe(cut, recipe, example_inputs=x)
+        out[metric] = {"time_ratio": timed_ratio(model, cut, x, runtime), "decision_s": decided,
+                       "flops": pfa.count_flops(cut, x) / pfa.count_flops(model, x),
+                       "params": pfa.count_params(cut) / pfa.count_params(model),
+                       **({k: recipe.summary[k] for k in ("measured_s", "measured_full_s", "predicted_s", "timings")}
+                          if metric == "latency" else {})}
+    return out
+
+
+def section(data: dict) -> list[str]:
+    out = ["## Latency budgets: `Footprint(r, metric=\"latency\")` against its time target", "",
+           f"Produced by `python benchmarks/latency_budget.py` on: {data.get('machine', '?')}. CIFAR-style VGG-16 and "
+           "ResNet-56 at full width, random weights, one 32x32 image (batch 1); synthetic response statistics shape the "
+           "allocation (time, not accuracy, is measured here). Each cut network is timed against the full one after "
+           "the decision, alternately (median of 3 rounds, each the runtime's warm-up + median of 7). `latency`: "
+           "`Footprint(r, metric=\"latency\", runtime=...)`; `flops`: `Footprint(r, metric=\"flops\")`, the same ratio "
+           f"of FLOPs. Target met: the measured time ratio within {100 * WITHIN:.0f}% of r (or below it).", "",
+           "| network | runtime | target r | latency: time ratio | met | its FLOPs | decision (s) | timed candidates | "
+           "flops target: time ratio | its FLOPs |",
+           "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for key, r in sorted(data.get("runs", {}).items()):
+        net, runtime, ratio = key.split("|")
+        lat, fl = r["latency"], r["flops"]
+        met = "yes" if lat["time_ratio"] <= float(ratio) * (1 + WITHIN) else "**no**"
+        out.append(f"| {net} | {runtime} | {ratio} | {lat['time_ratio']:.3f} | {met} | {lat['flops']:.3f} | "
+                   f"{lat['decision_s']:.0f} | {lat.get('timings', '')} | {fl['time_ratio']:.3f} | {fl['flops']:.3f} |")
+    return out + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = json.loads(RAW.read_text()) if RAW.exists() else {"runs": {}}
+    data["machine"] = machine()
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["PFA_CACHE_DIR"] = cache  # fresh tables: this run measures its own
+        for net in args.nets:
+            for runtime in args.runtimes:
+                for ratio in args.ratios:
+                    result = measure(net, runtime, ratio)
+                    data["runs"][f"{net}|{runtime}|{ratio:g}"] = result
+                    print(net, runtime, ratio, {m: round(v["time_ratio"], 3) for m, v in result.items()}, flush=True)
+                    RAW.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = RAW.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(data, indent=1))
+                    tmp.replace(RAW)
+    print("\n".join(section(data)))
+
+
+if __name__ == "__main__":
+    main()

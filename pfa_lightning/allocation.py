@@ -1,0 +1,120 @@
+"""The arithmetic of allocations: PFA-KL's keep ratio, energy counts, widths scaled by one factor, and
+the bisection that fits a footprint target."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pfa_lightning.spectrum import Spectrum
+
+_EPS = np.finfo(float).eps
+CEIL_GUARD = 1e-9  # ceil(x - guard): a product like 16 * 0.75 must not become 13
+_ENERGY_GUARD = 1e-12
+
+
+
+
+def kl_divergence(eigenvalues: np.ndarray) -> float:
+    """KL(p || uniform) of the normalised spectrum: log(m) - H(p), in [0, log m]."""
+    total = eigenvalues.sum()
+    m = eigenvalues.size
+    p = (eigenvalues / total if total > 0 else np.zeros(m)) + _EPS
+    p = p / p.sum()
+    return float(np.sum(p * np.log(p * m)))
+
+
+def kl_keep_ratio(spectrum: Spectrum) -> tuple[float, float]:
+    """(KL divergence of the spectrum from uniform, PFA-KL's fraction of units to keep ``1 - KL / log m``)."""
+    m = spectrum.units
+    if m == 1:
+        return 0.0, 1.0
+    if spectrum.eigenvalues.sum() <= 0:
+        return math.log(m), 0.0  # every unit inactive
+    kl = kl_divergence(spectrum.eigenvalues)
+    return kl, 1.0 - kl / math.log(m)
+
+
+def largest_fitting(candidates: np.ndarray, size: Callable[[float], int], target: float) -> tuple[int, int]:
+    """(index, size) of the largest candidate (ascending) whose ``size`` is at most ``target``, by
+    bisection (``size`` must grow with the candidate); each size is measured once. Index -1, with the
+    size of the smallest candidate, when even that one is over the target."""
+    sizes: dict[int, int] = {}
+
+    def fits(i: int) -> bool:
+        if i not in sizes:
+            sizes[i] = size(float(candidates[i]))
+        return sizes[i] <= target
+
+    lo, hi = 0, len(candidates) - 1
+    if not fits(lo):
+        return -1, sizes[lo]
+    if fits(hi):
+        return hi, sizes[hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, sizes[lo]
+
+
+def scaled_widths(spectra: Sequence[Spectrum], shares: Sequence[float], clamp: Callable[[int, Spectrum], int]
+                  ) -> tuple[np.ndarray, Callable[[float], list[int]]]:
+    """Widths ``ceil(m * min(1, scale * share))`` per space, and the ascending scales at which they change
+    (where ``scale * share * m`` crosses an integer)."""
+    candidates = np.unique([k / (sp.units * share) for sp, share in zip(spectra, shares) if share > 0
+                            for k in range(1, sp.units + 1)])
+
+    def counts(scale: float) -> list[int]:
+        return [clamp(math.ceil(sp.units * min(1.0, scale * share) - CEIL_GUARD), sp)
+                for sp, share in zip(spectra, shares)]
+
+    return candidates, counts
+
+
+def energy_count(fractions: np.ndarray, threshold: float) -> int:
+    """Smallest k whose first k eigenvalues hold at least ``threshold`` of the energy."""
+    k = int(np.searchsorted(fractions, threshold - _ENERGY_GUARD, side="left")) + 1
+    return min(k, fractions.size)
+
+
+def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float, float]], ratio: float,
+                     tolerance: float, budget: int = 12) -> tuple[int, dict[str, float]]:
+    """The largest candidate index (of ``count``, ascending) whose timed network takes at most ``ratio`` of the
+    full one (``tolerance`` above it allowed for timing noise), searched from ``start``, the prediction's choice:
+    galloping up while candidates fit, down while they do not, then bisecting; ``timed(i)`` gives (candidate, full)
+    seconds, measured at most ``budget`` times. Returns the index (0, the smallest, when none fits) and the
+    measured times of the chosen candidate."""
+    seen: dict[int, tuple[float, float]] = {}
+
+    def fits(i: int) -> bool:
+        if i not in seen:
+            seen[i] = timed(i)
+        t, full = seen[i]
+        return t <= ratio * full * (1 + tolerance)
+
+    lo, hi = (start, None) if fits(start) else (None, start)  # lo fits, hi does not
+    step = 1
+    while len(seen) < budget and (lo is None or hi is None):
+        if lo is None:  # going down
+            i = max(0, hi - step)
+            lo, hi = (i, hi) if fits(i) else (None if i > 0 else 0, i)
+            if i == 0 and lo == 0 and not fits(0):
+                break
+        else:  # going up
+            i = min(count - 1, lo + step)
+            if i == lo:
+                break
+            lo, hi = (i, None) if fits(i) else (lo, i)
+        step *= 2
+    while lo is not None and hi is not None and hi - lo > 1 and len(seen) < budget:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    chosen = lo if lo is not None else 0
+    fits(chosen)
+    t, full = seen[chosen]
+    return chosen, {"measured_s": t, "measured_full_s": full, "timings": len(seen)}
+
+
+__all__ = ["energy_count", "kl_divergence", "kl_keep_ratio", "largest_fitting", "refine_by_timing", "scaled_widths"]

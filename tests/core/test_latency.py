@@ -1,0 +1,128 @@
+"""Budgets in time: ``Footprint(r, metric="latency")`` decides from a per-layer latency table and checks the
+candidate by timing it. A deterministic fake timer stands in for the clock, so the target is met in its units."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+import torch
+
+import pfa_lightning as pfa
+from pfa_lightning.errors import PFAError
+from pfa_lightning.latency import LatencyProbe
+from pfa_lightning.models import build
+
+
+class FakeTimer:
+    """'Seconds' = parameters / 1e8 + a fixed overhead: deterministic, and not additive over the layers' cuts (a
+    convolution between two cut spaces shrinks with both), as real time is not."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model, inputs) -> float:
+        self.calls += 1
+        return pfa.count_params(model) / 1e8 + 1e-4
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return build("resnet20", num_classes=10, in_channels=3).eval()
+
+
+def _stats(model):
+    x = torch.randn(192, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pfa.collect_responses(model, [x], progress=False), x[:2]
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25])
+def test_a_latency_target_is_met_in_the_timers_units(tmp_path, monkeypatch, ratio):
+    monkeypatch.setenv("PFA_CACHE_DIR", str(tmp_path))
+    model = _resnet()
+    stats, x = _stats(model)
+    timer = FakeTimer()
+    full = timer(model, x[:1])
+    strategy = pfa.Footprint(ratio, metric="latency", timer=timer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        recipe = pfa.make_recipe(model, stats, strategy, example_inputs=x)
+    summary = recipe.summary
+    assert summary["measured_s"] <= ratio * summary["measured_full_s"] * 1.05
+    assert summary["measured_full_s"] == pytest.approx(full)
+    pfa.apply_recipe(model, recipe, example_inputs=x)
+    after = timer(model, x[:1])
+    assert after == pytest.approx(summary["measured_s"])  # what was checked is what the cut network takes
+    assert ratio * 0.6 * full < after <= ratio * 1.05 * full  # and it is close to the target, not far below
+    assert recipe.strategy["metric"] == "latency" and recipe.strategy["runtime"] == "torch"
+    assert "latency timed" in str(recipe.table().caption)
+
+
+def test_the_latency_table_is_cached_and_measured_again_when_the_structure_changes(tmp_path):
+    model = _resnet()
+    x = torch.randn(1, 3, 32, 32)
+    first = FakeTimer()
+    probe = LatencyProbe(model, x, timer=first, cache=tmp_path)
+    assert first.calls > 1 + len(probe.spaces)  # the full network and a few widths per space
+    again = FakeTimer()
+    reused = LatencyProbe(model, x, timer=again, cache=tmp_path)
+    assert again.calls == 0 and reused.table == probe.table
+    other = FakeTimer()
+    LatencyProbe(build("resnet20", num_classes=10, in_channels=3, width=0.5).eval(), x, timer=other, cache=tmp_path)
+    assert other.calls > 0  # another structure: another table
+    bigger = FakeTimer()
+    LatencyProbe(model, x, batch_size=4, timer=bigger, cache=tmp_path)
+    assert bigger.calls > 0  # another batch size: another table
+
+
+def test_a_prediction_follows_the_table_and_the_probe_leaves_the_model_alone(tmp_path):
+    model = _resnet()
+    x = torch.randn(1, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = LatencyProbe(model, x, timer=FakeTimer(), cache=tmp_path)
+    root, space = next(iter(probe.spaces.items()))
+    k, seconds = probe.table["spaces"][root][0]
+    assert probe.predict({root: k}) == pytest.approx(seconds)
+    assert probe.predict({}) == probe.full_s == pytest.approx(probe({}) / 1e9) and probe.full == probe({})
+    assert all(torch.equal(before[n], v) for n, v in model.state_dict().items())
+
+
+def test_a_missing_runtime_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    model = _resnet()
+    stats, x = _stats(model)
+    with pytest.raises(PFAError, match="needs ONNX Runtime, which is not installed: pip install"):
+        pfa.make_recipe(model, stats, pfa.Footprint(0.5, metric="latency", runtime="onnxruntime"), example_inputs=x)
+
+
+@pytest.mark.parametrize("options, message", [({"runtime": "tensorrt"}, "runtime"),
+                                              ({"batch_size": 0}, "batch_size"),
+                                              ({"metric": "seconds"}, "metric")])
+def test_bad_latency_options_name_the_value(options, message):
+    with pytest.raises(PFAError, match=message):
+        pfa.Footprint(0.5, **{"metric": "latency", **options})
+
+
+def test_the_torch_runtime_times_a_real_network(tmp_path):
+    """No fake: the table is measured with PyTorch eager and a cut network is predicted faster."""
+    model = build("vgg16", num_classes=10, in_channels=3, width=0.125).eval()
+    probe = LatencyProbe(model, torch.randn(1, 3, 32, 32), cache=tmp_path)
+    half = {root: max(space.step(), space.width // 2) for root, space in probe.spaces.items()}
+    assert 0 < probe.predict(half) < probe.full_s
+
+
+def test_a_latency_target_out_of_reach_when_timed_is_refused():
+    """Fixed costs that no cut removes: even the smallest network takes more than the target."""
+    model = _resnet()
+    stats, x = _stats(model)
+
+    def slow(model, inputs):  # 'seconds': mostly a fixed overhead
+        return pfa.count_params(model) / 1e8 + 1.0
+
+    with pytest.raises(PFAError, match="out of reach"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pfa.make_recipe(model, stats, pfa.Footprint(0.5, metric="latency", timer=slow), example_inputs=x)
