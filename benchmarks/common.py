@@ -94,3 +94,14 @@ def machine() -> str:
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return (f"{cpu}, {torch.get_num_threads()} threads{gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, torch-pruning {__import__('torch_pruning').__version__}")
+
+
+def save_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file renamed over it): an interrupted run never leaves
+    half a results file."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

@@ -27,7 +27,7 @@ import pfa_lightning as pfa  # noqa: E402
 from pfa_lightning import graph as graph_module  # noqa: E402
 from pfa_lightning.candidates import analysable_layers  # noqa: E402
 from pfa_lightning.stats import LayerStats, ResponseStats  # noqa: E402
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, machine, save_json  # noqa: E402
 
 RAW = RESULTS / "trace_cost.json"
 MODELS = ("vgg16", "regnet_y_400mf", "swin_t", "vit_b_16")
@@ -123,9 +123,7 @@ def main() -> None:
         result = measure(name)
         data.setdefault("labels", {}).setdefault(args.label, {})[name] = result
         print(name, {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}, flush=True)
-        tmp = RAW.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(RAW)
+        save_json(RAW, data)
     print("\n".join(section(data)))
 
 
