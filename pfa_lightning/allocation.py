@@ -80,12 +80,12 @@ def energy_count(fractions: np.ndarray, threshold: float) -> int:
 
 
 def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float, float]], ratio: float,
-                     tolerance: float, budget: int = 12) -> tuple[int, dict[str, float]]:
+                     tolerance: float, budget: int = 16) -> tuple[int, dict[str, float]]:
     """The largest candidate index (of ``count``, ascending) whose timed network takes at most ``ratio`` of the
-    full one (``tolerance`` above it allowed for timing noise), searched from ``start``, the prediction's choice:
-    galloping up while candidates fit, down while they do not, then bisecting; ``timed(i)`` gives (candidate, full)
-    seconds, measured at most ``budget`` times. Returns the index (0, the smallest, when none fits) and the
-    measured times of the chosen candidate."""
+    full one (``tolerance`` above it allowed for timing noise), by bisection on timings: the prediction's choice
+    ``start`` bounds the search from below when it fits, from above when it does not; ``timed(i)`` gives
+    (candidate, full) seconds, measured at most ``budget`` times. Returns the index (0, the smallest, when none
+    fits) and the measured times of the chosen candidate."""
     seen: dict[int, tuple[float, float]] = {}
 
     def fits(i: int) -> bool:
@@ -94,27 +94,19 @@ def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float,
         t, full = seen[i]
         return t <= ratio * full * (1 + tolerance)
 
-    lo, hi = (start, None) if fits(start) else (None, start)  # lo fits, hi does not
-    step = 1
-    while len(seen) < budget and (lo is None or hi is None):
-        if lo is None:  # going down
-            i = max(0, hi - step)
-            lo, hi = (i, hi) if fits(i) else (None if i > 0 else 0, i)
-            if i == 0 and lo == 0 and not fits(0):
-                break
-        else:  # going up
-            i = min(count - 1, lo + step)
-            if i == lo:
-                break
-            lo, hi = (i, None) if fits(i) else (lo, i)
-        step *= 2
-    while lo is not None and hi is not None and hi - lo > 1 and len(seen) < budget:
+    if fits(start):
+        lo, hi = start, count - 1
+        if fits(hi):
+            lo = hi
+    else:
+        lo, hi = 0, start
+        if lo == hi or not fits(lo):
+            hi = lo  # nothing fits: the smallest, for the caller to refuse
+    while hi - lo > 1 and len(seen) < budget:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    chosen = lo if lo is not None else 0
-    fits(chosen)
-    t, full = seen[chosen]
-    return chosen, {"measured_s": t, "measured_full_s": full, "timings": len(seen)}
+    t, full = seen[lo]
+    return lo, {"measured_s": t, "measured_full_s": full, "timings": len(seen)}
 
 
 __all__ = ["energy_count", "kl_divergence", "kl_keep_ratio", "largest_fitting", "refine_by_timing", "scaled_widths"]

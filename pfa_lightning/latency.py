@@ -8,8 +8,8 @@ alone scaled it (a product: a sum of the savings counts twice what two cut space
 between them). The table is measured once per
 model structure, runtime, batch size, thread count and machine, and cached on disk. The prediction
 chooses where to start; the decision is then made on timings of the whole candidate network against
-the full one (alternately, medians), galloping from the predicted choice to the largest candidate that
-meets the target (``allocation.refine_by_timing``, at most 12 timed candidates).
+the full one (alternately, medians), bisecting for the largest candidate that meets the target on the
+side of the predicted choice its timing says (``allocation.refine_by_timing``, at most 16 timed candidates).
 
 Timing: a warm-up, then the median of repeated runs. A ``timer(model, inputs) -> seconds`` may be
 injected (tests use a deterministic one).
