@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 def cuttable(m: nn.MultiheadAttention) -> bool:
     # one packed in-projection, no extra key/value biases or zero attention: the layout cut here
-    return bool(m._qkv_same_embed_dim) and m.bias_k is None and m.bias_v is None and not m.add_zero_attn
+    packed = isinstance(m, PrunedMultiheadAttention) or bool(m._qkv_same_embed_dim)
+    return packed and m.bias_k is None and m.bias_v is None and not m.add_zero_attn
 
 
 def _bind(query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
@@ -116,3 +117,6 @@ def cut_heads(module: nn.MultiheadAttention, keep_heads: Sequence[int]) -> None:
     module.out_proj.in_features = len(keep)
     module.num_heads = len(keep) // d
     module.__class__ = PrunedMultiheadAttention
+    # nn.TransformerEncoderLayer's fused fast path (eval, no grad, an even number of heads) reads the weights
+    # itself and needs 3 x embed_dim rows: this flag turns it off, so the module's own forward runs
+    module._qkv_same_embed_dim = False

@@ -37,7 +37,8 @@ class ModelState:
 
     def restore(self) -> None:
         for module, attrs, params, buffers, training, cls in self._saved:
-            module.__class__ = cls  # a head cut may have changed it (heads.PrunedMultiheadAttention)
+            if type(module) is not cls:
+                module.__class__ = cls  # a head cut changed it (heads.PrunedMultiheadAttention)
             module.__dict__.clear()
             module.__dict__.update(attrs)
             module.__dict__["_parameters"] = params

@@ -260,3 +260,25 @@ def test_a_vit_with_heads_cut_exports_and_matches(tmp_path, fmt):
     pfa.apply_recipe(model, pfa.Recipe([pfa.LayerRecipe(name, 64, keep, name)]), example_inputs=x)
     report = export_model(model, x, tmp_path / f"vit.{'onnx' if fmt == 'onnx' else 'pt'}", format=fmt)
     assert report.max_abs_diff < 1e-4
+
+
+def test_a_transformer_encoder_with_an_even_number_of_heads_left_runs_its_own_forward():
+    """nn.TransformerEncoderLayer's fused fast path (eval, no grad, even heads) would read the cut weights itself:
+    a cut module turns it off, and a later compression still finds its heads."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 1, enable_nested_tensor=False)).eval()
+    attn = model[0].layers[0].self_attn
+    with torch.no_grad():
+        attn.out_proj.weight[:, 16:] = 0  # heads 2 and 3 contribute nothing
+    x = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        y = model(x)
+    name = "0.layers.0.self_attn"
+    pfa.apply_recipe(model, pfa.Recipe([pfa.LayerRecipe(name, 32, list(range(16)), name)]), example_inputs=x[:2])
+    assert model.get_submodule(name).num_heads == 2
+    with torch.no_grad():
+        assert torch.allclose(model(x), y, atol=1e-5)
+    from pfa_lightning.graph import ModelGraph
+
+    assert any(s.root == name and s.heads and s.width == 16 for s in ModelGraph(model, x[:2]).spaces)
