@@ -340,16 +340,14 @@ class ModelGraph:
         dg = self.dg
         state = ModelState(self.model, extra=[m for m in dg.module2node if isinstance(m, nn.Module) and m not in self._names])
         # a cut of an unwrapped parameter (a layer scale, a position embedding) re-keys the graph with the new one
-        books = dict(dg.module2node), dict(dg._param_to_name), list(dg._pruning_history)
+        module2node, param_to_name, history = dict(dg.module2node), dict(dg._param_to_name), list(dg._pruning_history)
         nodes = [(node, node.module) for node in dg.module2node.values()]
         try:
             self._cut(removals)
             yield self.model
         finally:
             state.restore()
-            for book, saved in zip((dg.module2node, dg._param_to_name, dg._pruning_history), books):
-                book.clear()
-                book.update(saved) if isinstance(book, dict) else book.extend(saved)
+            dg.module2node, dg._param_to_name, dg._pruning_history = module2node, param_to_name, history
             for node, module in nodes:
                 node.module = module
 

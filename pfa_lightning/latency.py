@@ -25,6 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -33,9 +34,10 @@ import torch
 from torch import nn
 
 from pfa_lightning.errors import PFAError
-from pfa_lightning.graph import ModelGraph, module_width
-from pfa_lightning.nested import clone_inputs, map_nested, run_model
+from pfa_lightning.graph import ModelGraph
+from pfa_lightning.nested import clone_inputs, run_model
 from pfa_lightning.progress import progress_bar
+from pfa_lightning.tracing import fingerprint
 
 RUNTIMES = ("torch", "onnxruntime")
 LEVELS = (0.125, 0.25, 0.5, 0.75)  # widths of each space's table rows, as fractions of its units
@@ -89,7 +91,7 @@ def runtime_timer(runtime: str) -> Timer:
 
     def timer(model: nn.Module, inputs: Any) -> float:
         if runtime == "onnxruntime":
-            key = _structure(model, inputs)
+            key = repr(fingerprint(model, inputs))
             if key not in sessions:
                 if len(sessions) >= 4:
                     sessions.pop(next(iter(sessions)))
@@ -111,14 +113,6 @@ def runtime_timer(runtime: str) -> Timer:
 def _machine() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
     return f"{platform.processor() or platform.machine()} {gpu}".strip()
-
-
-def _structure(model: nn.Module, inputs: Any) -> str:
-    layout = [(n, type(m).__qualname__, [tuple(p.shape) for p in m.parameters(recurse=False)])
-              for n, m in model.named_modules()]
-    shapes: list[Any] = []
-    map_nested(inputs, lambda t: shapes.append(tuple(t.shape)), other=lambda _: None)
-    return json.dumps([layout, shapes], default=str)
 
 
 def cache_dir() -> Path:
@@ -146,17 +140,15 @@ class LatencyProbe:
         self.graph = ModelGraph(self.model, self.inputs)
         self.timer = timer or runtime_timer(runtime)
         self.spaces = {s.root: s for s in self.graph.spaces if not s.reaches_output}
-        key = json.dumps([_structure(self.model, self.inputs), runtime, batch_size, torch.get_num_threads(),
+        key = json.dumps([repr(fingerprint(self.model, self.inputs)), runtime, batch_size, torch.get_num_threads(),
                           _machine(), "" if timer is None else getattr(timer, "__qualname__", type(timer).__qualname__)])
         self.path = Path(cache if cache is not None else cache_dir()) / "latency" / (
             hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
-        self.measured = 0  # whole-network timings made (the table's and the checks')
         self.table = self._load() or self._build(progress)
         self.full_s = float(self.table["full"])
         self.full = int(round(self.full_s * 1e9))  # nanoseconds, as the probe answers (FootprintProbe.full's role)
 
     def _time(self, removals: Mapping[str, Any]) -> float:
-        self.measured += 1
         with self.graph.trial(removals):
             return float(self.timer(self.model, self.inputs))
 
@@ -189,10 +181,14 @@ class LatencyProbe:
                 for i in range(len(entries) - 2, -1, -1):  # fewer units never take longer: noise gives way
                     entries[i][1] = min(entries[i][1], entries[i + 1][1])
                 table["spaces"][root] = entries
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table))
-        tmp.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(table))
+            tmp.replace(self.path)
+        except OSError as err:  # an unwritable cache costs a re-measurement next time, not the decision
+            warnings.warn(f"PFA could not cache the latency table under {self.path.parent} ({err.strerror or err}); "
+                          "set PFA_CACHE_DIR to a writable directory to reuse it.", stacklevel=2)
         return table
 
     def predict(self, keep: Mapping[str, int]) -> float:
@@ -201,7 +197,7 @@ class LatencyProbe:
         scale = 1.0
         for root, k in keep.items():
             entries = self.table["spaces"].get(root)
-            if entries is None or k >= module_width(self.model.get_submodule(root)):
+            if entries is None or k >= self.spaces[root].width:
                 continue
             widths, times = zip(*entries)
             scale *= min(1.0, float(np.interp(k, widths, times)) / self.full_s)  # slower than full: noise

@@ -30,7 +30,9 @@ def one_trace() -> Iterator[None]:
         _SCOPE.reset(token)
 
 
-def _fingerprint(model: nn.Module, example_inputs: Any) -> tuple:
+def fingerprint(model: nn.Module, example_inputs: Any) -> tuple:
+    """What a trace depends on: module names, types and parameter shapes/dtypes/devices, the inputs' shapes (batch
+    size aside) and dtypes, autocast, and the registered layer kinds."""
     modules = tuple((name, type(m), tuple((k, tuple(p.shape), p.dtype, p.device) for k, p in m._parameters.items()
                                           if p is not None)) for name, m in model.named_modules())
     shapes: list[Any] = []
@@ -43,7 +45,7 @@ def traced(model: nn.Module, example_inputs: Any) -> ModelGraph:
     cache = _SCOPE.get()
     if cache is None:
         return ModelGraph(model, example_inputs)
-    key = _fingerprint(model, example_inputs)
+    key = fingerprint(model, example_inputs)
     hit = cache.get(id(model))
     if hit is not None and hit[0] == key and hit[1].model is model and not hit[1]._used:
         return hit[1]
@@ -52,4 +54,4 @@ def traced(model: nn.Module, example_inputs: Any) -> ModelGraph:
     return graph
 
 
-__all__ = ["one_trace", "traced"]
+__all__ = ["fingerprint", "one_trace", "traced"]

@@ -126,3 +126,11 @@ def test_a_latency_target_out_of_reach_when_timed_is_refused():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pfa.make_recipe(model, stats, pfa.Footprint(0.5, metric="latency", timer=slow), example_inputs=x)
+
+
+def test_an_unwritable_cache_warns_and_the_table_still_serves(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match="could not cache the latency table"):
+        probe = LatencyProbe(_resnet(), torch.randn(1, 3, 32, 32), timer=FakeTimer(), cache=blocker)
+    assert probe.full > 0
