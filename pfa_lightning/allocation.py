@@ -80,19 +80,32 @@ def energy_count(fractions: np.ndarray, threshold: float) -> int:
 
 
 def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float, float]], ratio: float,
-                     tolerance: float, budget: int = 16) -> tuple[int, dict[str, float]]:
+                     tolerance: float, budget: int = 16, confirmations: int = 3) -> tuple[int, dict[str, float]]:
     """The largest candidate index (of ``count``, ascending) whose timed network takes at most ``ratio`` of the
     full one (``tolerance`` above it allowed for timing noise), by bisection on timings: the prediction's choice
     ``start`` bounds the search from below when it fits, from above when it does not; ``timed(i)`` gives
-    (candidate, full) seconds, measured at most ``budget`` times. Returns the index (0, the smallest, when none
-    fits) and the measured times of the chosen candidate."""
+    (candidate, full) seconds, measured at most ``budget`` times in the search.
+
+    The choice is then timed again, independently, and must fit the target itself (no tolerance): of many noisy
+    timings near the target, the largest candidate that fits is likely one whose timing came out low (the winner's
+    curse), so while the new timing says it does not fit (at most ``confirmations`` times) the search goes on below
+    it. Returns the index (0, the smallest, when none fits) and the confirming times of the chosen candidate,
+    ``timings`` counting every measurement."""
     seen: dict[int, tuple[float, float]] = {}
+    count_timed = 0
+    slack = tolerance  # the search's; none once a confirming timing has failed
+
+    def measure(i: int) -> tuple[float, float]:
+        nonlocal count_timed
+        count_timed += 1
+        seen[i] = timed(i)
+        return seen[i]
+
+    def under(times: tuple[float, float], within: float | None = None) -> bool:
+        return times[0] <= ratio * times[1] * (1 + (slack if within is None else within))
 
     def fits(i: int) -> bool:
-        if i not in seen:
-            seen[i] = timed(i)
-        t, full = seen[i]
-        return t <= ratio * full * (1 + tolerance)
+        return under(seen[i] if i in seen else measure(i))
 
     if fits(start):
         lo, hi = start, count - 1
@@ -101,12 +114,17 @@ def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float,
     else:
         lo, hi = 0, start
         if lo == hi or not fits(lo):
-            hi = lo  # nothing fits: the smallest, for the caller to refuse
-    while hi - lo > 1 and len(seen) < budget:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    t, full = seen[lo]
-    return lo, {"measured_s": t, "measured_full_s": full, "timings": len(seen)}
+            return 0, {"measured_s": seen[0][0], "measured_full_s": seen[0][1], "timings": count_timed}
+    for attempt in range(confirmations + 1):
+        while hi - lo > 1 and count_timed < budget + attempt:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        if attempt == confirmations or under(measure(lo), within=0.0) or lo == 0:
+            break
+        hi, slack = lo, 0.0  # timed again, it does not fit: look below it, for the target itself
+        lo = max((i for i in seen if i < hi and under(seen[i])), default=0)
+    t, full = seen[lo] if lo in seen else measure(lo)
+    return lo, {"measured_s": t, "measured_full_s": full, "timings": count_timed}
 
 
 __all__ = ["energy_count", "kl_divergence", "kl_keep_ratio", "largest_fitting", "refine_by_timing", "scaled_widths"]

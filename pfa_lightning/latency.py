@@ -9,7 +9,9 @@ between them). The table is measured once per
 model structure, runtime, batch size, thread count and machine, and cached on disk. The prediction
 chooses where to start; the decision is then made on timings of the whole candidate network against
 the full one (alternately, medians), bisecting for the largest candidate that meets the target on the
-side of the predicted choice its timing says (``allocation.refine_by_timing``, at most 16 timed candidates).
+side of the predicted choice its timing says (``allocation.refine_by_timing``, at most 16 timed candidates);
+the choice is timed once more and must fit the target itself, else the search steps below it (the largest of
+many noisy timings under a target tends to be a lucky one).
 
 Timing: a warm-up, then the median of repeated runs. A ``timer(model, inputs) -> seconds`` may be
 injected (tests use a deterministic one).
@@ -35,7 +37,7 @@ from torch import nn
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.graph import ModelGraph
-from pfa_lightning.nested import clone_inputs, run_model
+from pfa_lightning.nested import batch_of, run_model
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.tracing import fingerprint
 
@@ -136,7 +138,7 @@ class LatencyProbe:
         if runtime == "onnxruntime" and timer is None:
             _onnxruntime()  # missing: one line, before any work
         self.model = copy.deepcopy(model).eval()  # a copy with its weights: cut and restored, never the user's
-        self.inputs = clone_inputs(example_inputs, batch_size)
+        self.inputs = batch_of(example_inputs, batch_size)
         self.graph = ModelGraph(self.model, self.inputs)
         self.timer = timer or runtime_timer(runtime)
         self.spaces = {s.root: s for s in self.graph.spaces if not s.reaches_output}

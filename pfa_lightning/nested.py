@@ -49,6 +49,19 @@ def clone_inputs(example_inputs: Any, n: int | None = None, device: torch.device
     return map_nested(example_inputs, clone)
 
 
+def batch_of(example_inputs: Any, n: int) -> Any:
+    """Detached model inputs of exactly ``n`` samples: the first ``n`` of ``example_inputs``, or its samples
+    repeated in turn when it holds fewer (a latency at batch 64 is timed at batch 64, whatever the example)."""
+    have = batch_size(example_inputs)
+
+    def take(t: Tensor) -> Tensor:
+        if t.dim() == 0 or t.shape[0] != have:  # not batched along the first dimension: as it is
+            return t.detach()
+        return t.detach()[torch.arange(n, device=t.device) % have]
+
+    return map_nested(example_inputs, take)
+
+
 def batch_size(inputs: Any) -> int:
     """Number of samples in a batch of model inputs (the first dimension of its first tensor)."""
     first = next(tensors_in(inputs), None)

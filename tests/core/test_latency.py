@@ -11,6 +11,7 @@ import torch
 
 import pfa_lightning as pfa
 from pfa_lightning.errors import PFAError
+from pfa_lightning.allocation import refine_by_timing
 from pfa_lightning.latency import LatencyProbe
 from pfa_lightning.models import build
 
@@ -78,6 +79,22 @@ def test_the_latency_table_is_cached_and_measured_again_when_the_structure_chang
     assert bigger.calls > 0  # another batch size: another table
 
 
+@pytest.mark.parametrize("given, batch_size", [(1, 4), (8, 2), (3, 3)])
+def test_the_network_is_timed_at_the_batch_size_asked_whatever_the_example(tmp_path, given, batch_size):
+    model = build("simplecnn", num_classes=10, in_channels=3, width=0.25).eval()
+    x = torch.randn(given, 3, 32, 32)
+    seen = []
+
+    def timer(model, inputs) -> float:
+        seen.append(inputs.shape[0])
+        return pfa.count_params(model) / 1e8
+
+    probe = LatencyProbe(model, x, batch_size=batch_size, timer=timer, cache=tmp_path)
+    probe.verify({next(iter(probe.spaces)): 1})
+    assert seen and set(seen) == {batch_size}
+    assert torch.equal(probe.inputs[:min(given, batch_size)], x[:batch_size])  # the example's own samples first
+
+
 def test_a_prediction_follows_the_table_and_the_probe_leaves_the_model_alone(tmp_path):
     model = _resnet()
     x = torch.randn(1, 3, 32, 32)
@@ -134,3 +151,46 @@ def test_an_unwritable_cache_warns_and_the_table_still_serves(tmp_path):
     with pytest.warns(UserWarning, match="could not cache the latency table"):
         probe = LatencyProbe(_resnet(), torch.randn(1, 3, 32, 32), timer=FakeTimer(), cache=blocker)
     assert probe.full > 0
+
+
+def _timings(true_ratio, outliers=()):
+    """A candidate's (time, full time): ``true_ratio(i)`` of a full network taking 1 s; the first timing of each
+    index in ``outliers`` comes out 20% low (one lucky measurement)."""
+    seen: list[int] = []
+
+    def timed(i: int) -> tuple[float, float]:
+        lucky = i in outliers and i not in seen
+        seen.append(i)
+        return true_ratio(i) * (0.8 if lucky else 1.0), 1.0
+
+    return timed, seen
+
+
+def test_the_timed_search_finds_the_largest_candidate_within_the_target():
+    timed, seen = _timings(lambda i: (i + 1) / 100)  # candidate i takes (i + 1)% of the full time
+    index, checks = refine_by_timing(10, 100, timed, ratio=0.5, tolerance=0.0)
+    assert index == 49 and checks["measured_s"] == pytest.approx(0.5)
+    assert checks["timings"] == len(seen) <= 16 + 1  # the search, then one confirming timing
+    assert seen[-1] == 49  # the choice is timed again before it is final
+
+
+def test_a_choice_that_fit_by_one_lucky_timing_steps_down_when_timed_again():
+    # candidate 54 takes 0.55 of the time but its first timing says 0.44: it would be chosen, and is not
+    timed, seen = _timings(lambda i: (i + 1) / 100, outliers={54})
+    index, checks = refine_by_timing(10, 100, timed, ratio=0.5, tolerance=0.0)
+    assert index <= 49 and checks["measured_s"] <= 0.5
+    assert seen.count(54) == 2  # chosen on its lucky timing, refused on the next
+    assert index == 49 or checks["timings"] >= 16  # the search below it goes on while timings are left
+
+
+def test_the_confirming_timing_must_fit_the_target_itself():
+    # candidate 52 takes 0.53 of the time: within the search's 10% tolerance of 0.5, not within the target itself
+    timed, seen = _timings(lambda i: (i + 1) / 100)
+    index, checks = refine_by_timing(10, 100, timed, ratio=0.5, tolerance=0.1)
+    assert index == 49 and checks["measured_s"] <= 0.5
+
+
+def test_nothing_fitting_returns_the_smallest_for_the_caller_to_refuse():
+    timed, _ = _timings(lambda i: 0.4 + i / 100)
+    index, checks = refine_by_timing(5, 50, timed, ratio=0.25, tolerance=0.05)
+    assert index == 0 and checks["measured_s"] == pytest.approx(0.4)
