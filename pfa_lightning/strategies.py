@@ -268,31 +268,52 @@ class Footprint(Strategy):
 class Uniform(Strategy):
     """Baseline: every channel space keeps the same fraction of its units (uniform width scaling).
 
-    Give ``ratio`` (the fraction), or ``params``: the largest common fraction whose network has at
-    most that many parameters (e.g. the parameter count of a PFA-compressed model, to compare at
-    equal footprint).
+    Give ``ratio`` (the fraction of each layer's units), or ``params``: the largest common fraction whose
+    network has at most that many parameters (e.g. the parameter count of a PFA-compressed model, to
+    compare at equal footprint). With ``metric`` ``"params"``, ``"flops"`` or ``"latency"``, ``ratio`` is
+    a share of the network's footprint in that metric instead: the largest common fraction within it
+    (``Footprint(ratio, metric, allocation="uniform")``, latency measured on ``runtime`` at ``batch_size``).
 
     Example:
         >>> Uniform(params=pfa.count_params(kl_model))
+        >>> Uniform(0.5, metric="latency", runtime="onnxruntime")   # half the time, by width scaling
     """
 
     ratio: float | None = None
     params: int | None = None
+    metric: str = "units"
+    runtime: str = "torch"
+    batch_size: int = 1
+    timer: Callable[[Any, Any], float] | None = dataclasses.field(default=None, compare=False, repr=False)
     name: ClassVar[str] = "uniform"
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.params is None):
             raise PFAError("Uniform takes exactly one of `ratio` (a fraction in (0, 1]) or `params` (a target count).")
+        check_choice("metric", self.metric, ("units", *METRICS))
         if self.ratio is not None:
             object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
+            if self.metric != "units":
+                self._target()  # its options checked now
         elif not is_int(self.params) or self.params < 1:
             raise fail("params", "a positive integer", self.params)
+        elif self.metric != "units":
+            raise PFAError(f"Uniform(params=...) counts parameters: give `ratio` with metric={self.metric!r} instead.")
+
+    def _target(self) -> "Footprint":
+        """``ratio`` of the network's ``metric``: the footprint target with the uniform allocation."""
+        return Footprint(self.ratio, metric=self.metric, allocation="uniform", runtime=self.runtime,
+                         batch_size=self.batch_size, timer=self.timer)
 
     @property
     def probe_metric(self) -> str | None:
-        return "params" if self.params is not None else None
+        if self.params is not None:
+            return "params"
+        return None if self.metric == "units" else self.metric
 
     def decide(self, spectra, clamp, probe) -> Decision:
+        if self.metric != "units":
+            return self._target().decide(spectra, clamp, probe)
         candidates, counts_at = scaled_widths(spectra, [1.0] * len(spectra), clamp)
         ratio = self.ratio
         summary: dict[str, Any] = {}
@@ -311,12 +332,22 @@ class Uniform(Strategy):
         return Decision(counts, [{"units_ratio": k / sp.units} for k, sp in zip(counts, spectra)], summary)
 
     def check(self, floor: int, full: int, where: str = "") -> None:
+        if self.metric != "units":
+            return self._target().check(floor, full, where)
         if self.params is not None and floor > self.params:
             raise PFAError(f"Uniform(params={self.params}) is out of reach{f' {where}' if where else ''}: the smallest "
                            f"uniform network has {floor} parameters.")
 
     def to_dict(self) -> dict[str, Any]:
+        if self.metric != "units":
+            return {**self._target().to_dict(), "name": self.name}
         return {"name": self.name, **({"ratio": self.ratio} if self.ratio is not None else {"params": self.params})}
+
+    @property
+    def label(self) -> str:
+        if self.metric != "units":
+            return f"uniform={self.ratio:g} {self.metric}"
+        return super().label
 
     @classmethod
     def describe(cls, diagnostics: Mapping[str, Any]) -> str:

@@ -60,3 +60,6 @@ def test_latency_options_are_shortcuts_of_the_footprint_name():
     assert callback.strategy == pfa.Footprint(0.5, metric="latency", runtime="torch", batch_size=8)
     with pytest.raises(PFAError, match="runtime"):
         pfa.PFACallback("footprint", ratio=0.5, metric="latency", runtime="tvm", compress_at=1)
+    baseline = pfa.PFACallback("uniform", ratio=0.5, metric="latency", runtime="onnxruntime", batch_size=4,
+                               compress_at=1)  # the width-scaling baseline at the same time target
+    assert baseline.strategy == pfa.Uniform(0.5, metric="latency", runtime="onnxruntime", batch_size=4)

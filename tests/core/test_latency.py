@@ -13,6 +13,7 @@ import pfa_lightning as pfa
 from pfa_lightning.errors import PFAError
 from pfa_lightning.allocation import refine_by_timing
 from pfa_lightning.latency import LatencyProbe
+from pfa_lightning.strategies import resolve_strategy
 from pfa_lightning.models import build
 
 
@@ -194,3 +195,31 @@ def test_nothing_fitting_returns_the_smallest_for_the_caller_to_refuse():
     timed, _ = _timings(lambda i: 0.4 + i / 100)
     index, checks = refine_by_timing(5, 50, timed, ratio=0.25, tolerance=0.05)
     assert index == 0 and checks["measured_s"] == pytest.approx(0.4)
+
+
+def test_the_uniform_baseline_takes_a_latency_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("PFA_CACHE_DIR", str(tmp_path))
+    model = _resnet()
+    stats, x = _stats(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = pfa.make_recipe(model, stats, pfa.Uniform(0.5, metric="latency", timer=FakeTimer()), example_inputs=x)
+        theirs = pfa.make_recipe(model, stats, pfa.Footprint(0.5, metric="latency", allocation="uniform",
+                                                             timer=FakeTimer()), example_inputs=x)
+    assert ours.widths == theirs.widths  # the largest common fraction within half the time
+    assert ours.summary["measured_s"] <= 0.5 * ours.summary["measured_full_s"]
+    fractions = {round(layer.kept / layer.original, 1) for layer in ours.layers}
+    assert len(fractions) <= 2 and ours.strategy["name"] == "uniform" and ours.strategy["metric"] == "latency"
+    assert pfa.Uniform(0.5, metric="latency").label == "uniform=0.5 latency"
+    named = resolve_strategy("uniform", ratio=0.5, metric="latency", runtime="onnxruntime", batch_size=4)
+    assert named == pfa.Uniform(0.5, metric="latency", runtime="onnxruntime", batch_size=4)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ratio": 0.5, "metric": "time"}, "metric"),
+    ({"params": 1000, "metric": "flops"}, "give `ratio` with metric='flops'"),
+    ({"ratio": 0.5, "metric": "latency", "runtime": "tvm"}, "runtime"),
+])
+def test_bad_uniform_targets_name_the_value(options, message):
+    with pytest.raises(PFAError, match=message):
+        pfa.Uniform(**options)
