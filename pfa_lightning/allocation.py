@@ -92,20 +92,27 @@ def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float,
     it. Returns the index (0, the smallest, when none fits) and the confirming times of the chosen candidate,
     ``timings`` counting every measurement."""
     seen: dict[int, tuple[float, float]] = {}
-    count_timed = 0
+    timings = searched = 0
     slack = tolerance  # the search's; none once a confirming timing has failed
 
     def measure(i: int) -> tuple[float, float]:
-        nonlocal count_timed
-        count_timed += 1
+        nonlocal timings
+        timings += 1
         seen[i] = timed(i)
         return seen[i]
 
-    def under(times: tuple[float, float], within: float | None = None) -> bool:
-        return times[0] <= ratio * times[1] * (1 + (slack if within is None else within))
+    def under(times: tuple[float, float], within: float) -> bool:
+        return times[0] <= ratio * times[1] * (1 + within)
 
     def fits(i: int) -> bool:
-        return under(seen[i] if i in seen else measure(i))
+        nonlocal searched
+        if i not in seen:
+            searched += 1
+            measure(i)
+        return under(seen[i], slack)
+
+    def result(i: int) -> tuple[int, dict[str, float]]:
+        return i, {"measured_s": seen[i][0], "measured_full_s": seen[i][1], "timings": timings}
 
     if fits(start):
         lo, hi = start, count - 1
@@ -114,17 +121,19 @@ def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float,
     else:
         lo, hi = 0, start
         if lo == hi or not fits(lo):
-            return 0, {"measured_s": seen[0][0], "measured_full_s": seen[0][1], "timings": count_timed}
+            return result(0)  # nothing fits: the smallest, for the caller to refuse
     for attempt in range(confirmations + 1):
-        while hi - lo > 1 and count_timed < budget + attempt:
+        while hi - lo > 1 and searched < budget:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        if attempt == confirmations or under(measure(lo), within=0.0) or lo == 0:
-            break
+        if under(measure(lo), 0.0) or lo == 0 or attempt == confirmations:
+            return result(lo)  # the fresh timing is the one reported, fitting or not
         hi, slack = lo, 0.0  # timed again, it does not fit: look below it, for the target itself
-        lo = max((i for i in seen if i < hi and under(seen[i])), default=0)
-    t, full = seen[lo] if lo in seen else measure(lo)
-    return lo, {"measured_s": t, "measured_full_s": full, "timings": count_timed}
+        below = [i for i in seen if i < hi and under(seen[i], slack)]
+        lo = max(below, default=0)
+        if not below and not fits(0):
+            return result(0)
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 __all__ = ["energy_count", "kl_divergence", "kl_keep_ratio", "largest_fitting", "refine_by_timing", "scaled_widths"]

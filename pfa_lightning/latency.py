@@ -44,6 +44,7 @@ from pfa_lightning.tracing import fingerprint
 RUNTIMES = ("torch", "onnxruntime")
 LEVELS = (0.125, 0.25, 0.5, 0.75)  # widths of each space's table rows, as fractions of its units
 TOLERANCE = 0.05  # a measured candidate this much over the target (timing noise) is accepted
+TABLE_VERSION = 2  # in the cache key: tables of earlier versions (v1 timed batch 1 whatever batch_size said) go
 Timer = Callable[[nn.Module, Any], float]
 
 
@@ -142,7 +143,8 @@ class LatencyProbe:
         self.graph = ModelGraph(self.model, self.inputs)
         self.timer = timer or runtime_timer(runtime)
         self.spaces = {s.root: s for s in self.graph.spaces if not s.reaches_output}
-        key = json.dumps([repr(fingerprint(self.model, self.inputs)), runtime, batch_size, torch.get_num_threads(),
+        key = json.dumps([TABLE_VERSION, repr(fingerprint(self.model, self.inputs)), runtime, batch_size,
+                          torch.get_num_threads(),
                           _machine(), "" if timer is None else getattr(timer, "__qualname__", type(timer).__qualname__)])
         self.path = Path(cache if cache is not None else cache_dir()) / "latency" / (
             hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")

@@ -291,6 +291,9 @@ class Uniform(Strategy):
         if (self.ratio is None) == (self.params is None):
             raise PFAError("Uniform takes exactly one of `ratio` (a fraction in (0, 1]) or `params` (a target count).")
         check_choice("metric", self.metric, ("units", *METRICS))
+        check_choice("runtime", self.runtime, RUNTIMES)
+        if not is_int(self.batch_size) or self.batch_size < 1:
+            raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", self.batch_size)
         if self.ratio is not None:
             object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
             if self.metric != "units":
@@ -313,7 +316,10 @@ class Uniform(Strategy):
 
     def decide(self, spectra, clamp, probe) -> Decision:
         if self.metric != "units":
-            return self._target().decide(spectra, clamp, probe)
+            try:
+                return self._target().decide(spectra, clamp, probe)
+            except PFAError as err:  # the message names the strategy the user gave
+                raise PFAError(str(err).replace("Footprint ratio", "Uniform ratio", 1)) from None
         candidates, counts_at = scaled_widths(spectra, [1.0] * len(spectra), clamp)
         ratio = self.ratio
         summary: dict[str, Any] = {}
@@ -333,14 +339,18 @@ class Uniform(Strategy):
 
     def check(self, floor: int, full: int, where: str = "") -> None:
         if self.metric != "units":
-            return self._target().check(floor, full, where)
+            try:
+                return self._target().check(floor, full, where)
+            except PFAError as err:
+                raise PFAError(str(err).replace("Footprint ratio", "Uniform ratio", 1)) from None
         if self.params is not None and floor > self.params:
             raise PFAError(f"Uniform(params={self.params}) is out of reach{f' {where}' if where else ''}: the smallest "
                            f"uniform network has {floor} parameters.")
 
     def to_dict(self) -> dict[str, Any]:
-        if self.metric != "units":
-            return {**self._target().to_dict(), "name": self.name}
+        if self.metric != "units":  # Uniform(**options) rebuilds it
+            return {"name": self.name, "ratio": self.ratio, "metric": self.metric,
+                    **({"runtime": self.runtime, "batch_size": self.batch_size} if self.metric == "latency" else {})}
         return {"name": self.name, **({"ratio": self.ratio} if self.ratio is not None else {"params": self.params})}
 
     @property

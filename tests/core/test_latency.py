@@ -191,6 +191,21 @@ def test_the_confirming_timing_must_fit_the_target_itself():
     assert index == 49 and checks["measured_s"] <= 0.5
 
 
+def test_a_failed_confirmation_never_falls_to_an_untimed_smallest_network():
+    # a huge family, the whole search budget spent on the first search: the step down uses what was timed
+    timed, seen = _timings(lambda i: (i + 1) / 30000, outliers=set(range(15000, 15100)))
+    index, checks = refine_by_timing(15074, 30000, timed, ratio=0.5, tolerance=0.0)
+    assert index > 10000  # near the target, not the smallest network
+    assert checks["measured_s"] == pytest.approx((index + 1) / 30000)  # the reported time is a fresh one
+    assert checks["measured_s"] <= 0.5 * 1.05  # what the caller accepts (its timing tolerance)
+
+
+def test_an_unconfirmed_choice_reports_its_fresh_timing():
+    timed, seen = _timings(lambda i: (i + 1) / 100, outliers=set(range(50, 60)))
+    index, checks = refine_by_timing(10, 100, timed, ratio=0.5, tolerance=0.0, confirmations=0)
+    assert checks["measured_s"] == pytest.approx((index + 1) / 100)  # honest, over the target or not
+
+
 def test_nothing_fitting_returns_the_smallest_for_the_caller_to_refuse():
     timed, _ = _timings(lambda i: 0.4 + i / 100)
     index, checks = refine_by_timing(5, 50, timed, ratio=0.25, tolerance=0.05)
@@ -213,12 +228,15 @@ def test_the_uniform_baseline_takes_a_latency_target(tmp_path, monkeypatch):
     assert pfa.Uniform(0.5, metric="latency").label == "uniform=0.5 latency"
     named = resolve_strategy("uniform", ratio=0.5, metric="latency", runtime="onnxruntime", batch_size=4)
     assert named == pfa.Uniform(0.5, metric="latency", runtime="onnxruntime", batch_size=4)
+    rebuilt = dict(named.to_dict())
+    assert resolve_strategy(rebuilt.pop("name"), **rebuilt) == named  # its record rebuilds it
 
 
 @pytest.mark.parametrize("options, message", [
     ({"ratio": 0.5, "metric": "time"}, "metric"),
     ({"params": 1000, "metric": "flops"}, "give `ratio` with metric='flops'"),
     ({"ratio": 0.5, "metric": "latency", "runtime": "tvm"}, "runtime"),
+    ({"ratio": 0.5, "batch_size": 0}, "batch_size"),
 ])
 def test_bad_uniform_targets_name_the_value(options, message):
     with pytest.raises(PFAError, match=message):
