@@ -10,6 +10,8 @@ alternately (median of 3 rounds of the runtime's own timer: warm-up, median of 7
 
     python benchmarks/latency_budget.py                 # ~15 min on 2 CPU cores
     python benchmarks/latency_budget.py --nets vgg16 --runtimes torch --ratios 0.5
+    python benchmarks/latency_budget.py --nets resnet56 --batch 64           # throughput: compute dominates
+    python benchmarks/latency_budget.py --runtimes onnxruntime --round-to 8  # widths ONNX Runtime's kernels like
 """
 
 from __future__ import annotations
@@ -46,28 +48,39 @@ def timed_ratio(full, cut, x, runtime: str) -> float:
     return statistics.median(r[0] for r in rounds) / statistics.median(r[1] for r in rounds)
 
 
-def measure(net: str, runtime: str, ratio: float) -> dict:
+def key_of(net: str, runtime: str, ratio: float, batch: int, round_to: int) -> str:
+    """``net|runtime|ratio``, with ``|b<batch>`` and ``|r<round_to>`` where they are not 1."""
+    return f"{net}|{runtime}|{ratio:g}" + (f"|b{batch}" if batch != 1 else "") + (f"|r{round_to}" if round_to != 1 else "")
+
+
+def parse_key(key: str) -> tuple[str, str, str, int, int]:
+    net, runtime, ratio, *extra = key.split("|")
+    options = {e[0]: int(e[1:]) for e in extra}
+    return net, runtime, ratio, options.get("b", 1), options.get("r", 1)
+
+
+def measure(net: str, runtime: str, ratio: float, batch: int = 1, round_to: int = 1) -> dict:
     torch.manual_seed(0)
     model = build(net, num_classes=10, in_channels=3, **NETS[net]).eval()
-    x = torch.randn(1, 3, 32, 32)
-    stats = synthetic_stats(model, x, samples=8192, rank=128)
+    x = torch.randn(batch, 3, 32, 32)
+    stats = synthetic_stats(model, x[:1], samples=8192, rank=128)
     out: dict = {}
     for metric in ("latency", "flops"):
-        strategy = (pfa.Footprint(ratio, metric="latency", runtime=runtime, batch_size=1) if metric == "latency"
+        strategy = (pfa.Footprint(ratio, metric="latency", runtime=runtime, batch_size=batch) if metric == "latency"
                     else pfa.Footprint(ratio, metric="flops"))
         cut = copy.deepcopy(model)
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                recipe = pfa.make_recipe(cut, stats, strategy, example_inputs=x)
+                recipe = pfa.make_recipe(cut, stats, strategy, example_inputs=x[:1], round_to=round_to)
         except pfa.PFAError as err:  # out of reach: the time that does not shrink with the widths
             out[metric] = {"refused": str(err), "decision_s": time.perf_counter() - t0}
             continue
         decided = time.perf_counter() - t0
-        pfa.apply_recipe(cut, recipe, example_inputs=x)
+        pfa.apply_recipe(cut, recipe, example_inputs=x[:1])
         out[metric] = {"time_ratio": timed_ratio(model, cut, x, runtime), "decision_s": decided,
-                       "flops": pfa.count_flops(cut, x) / pfa.count_flops(model, x),
+                       "flops": pfa.count_flops(cut, x[:1]) / pfa.count_flops(model, x[:1]),
                        "params": pfa.count_params(cut) / pfa.count_params(model),
                        **({k: recipe.summary[k] for k in ("measured_s", "measured_full_s", "predicted_s", "timings")}
                           if metric == "latency" else {})}
@@ -77,7 +90,7 @@ def measure(net: str, runtime: str, ratio: float) -> dict:
 def section(data: dict) -> list[str]:
     out = ["## Latency budgets: `Footprint(r, metric=\"latency\")` against its time target", "",
            f"Produced by `python benchmarks/latency_budget.py` on: {data.get('machine', '?')}. CIFAR-style VGG-16 and "
-           "ResNet-56 at full width, random weights, one 32x32 image (batch 1); synthetic response statistics shape the "
+           "ResNet-56 at full width, random weights, 32x32 images (batch 1 unless the batch column says otherwise; `round_to`: every kept width a multiple of it, for both arms); synthetic response statistics shape the "
            "allocation (time, not accuracy, is measured here). Each cut network is timed against the full one after "
            "the decision, alternately (median of 3 rounds, each the runtime's warm-up + median over at least 7 runs and "
            "0.2 s). `latency`: "
@@ -85,28 +98,28 @@ def section(data: dict) -> list[str]:
            f"of FLOPs. Met: the measured time ratio within {100 * WITHIN:.0f}% of r, either way (far below it is a "
            "network cut deeper than asked). `refused`: `make_recipe` refused the target, the smallest candidate timed "
            "taking that share of the full network's time.", "",
-           "| network | runtime | target r | latency: time ratio | met | its FLOPs | decision (s) | timed candidates | "
+           "| network | runtime | batch | round_to | target r | latency: time ratio | met | its FLOPs | decision (s) | timed candidates | "
            "flops target: time ratio | its FLOPs |",
-           "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for key, r in sorted(data.get("runs", {}).items()):
-        net, runtime, ratio = key.split("|")
+           "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for key, r in sorted(data.get("runs", {}).items(), key=lambda kv: parse_key(kv[0])):
+        net, runtime, ratio, batch, round_to = parse_key(key)
         lat, fl = r["latency"], r["flops"]
         flops = f"{fl['time_ratio']:.3f} | {fl['flops']:.3f}" if "time_ratio" in fl else "refused | —"
         if "refused" in lat:
             floor = re.search(r"(?:takes|keeps) ([0-9.]+) of the", lat["refused"])
-            out.append(f"| {net} | {runtime} | {ratio} | refused: the smallest candidate takes "
+            out.append(f"| {net} | {runtime} | {batch} | {round_to} | {ratio} | refused: the smallest candidate takes "
                        f"{floor.group(1) if floor else '?'} | **no** | — | {lat['decision_s']:.0f} | — | {flops} |")
             continue
         gap = lat["time_ratio"] / float(ratio) - 1
         met = "yes" if abs(gap) <= WITHIN else f"**no** ({100 * gap:+.0f}%)"
-        out.append(f"| {net} | {runtime} | {ratio} | {lat['time_ratio']:.3f} | {met} | {lat['flops']:.3f} | "
+        out.append(f"| {net} | {runtime} | {batch} | {round_to} | {ratio} | {lat['time_ratio']:.3f} | {met} | {lat['flops']:.3f} | "
                    f"{lat['decision_s']:.0f} | {lat.get('timings', '')} | {flops} |")
     runs = data.get("runs", {}).values()
     met = [r for r in runs if "time_ratio" in r["latency"]]
     if met:
         fl = [r["flops"]["time_ratio"] / r["flops"]["flops"] for r in runs if "time_ratio" in r["flops"]]
         out += ["", f"Reading: the latency target is met (within {100 * WITHIN:.0f}%) in "
-                f"{sum(abs(r['latency']['time_ratio'] / float(k.split('|')[2]) - 1) <= WITHIN for k, r in data['runs'].items() if 'time_ratio' in r['latency'])} "
+                f"{sum(abs(r['latency']['time_ratio'] / float(parse_key(k)[2]) - 1) <= WITHIN for k, r in data['runs'].items() if 'time_ratio' in r['latency'])} "
                 f"of {len(data['runs'])} cells; a FLOPs target of the same ratio buys "
                 f"{min(fl):.1f}-{max(fl):.1f}x its FLOPs ratio in time, so meeting a time budget takes far deeper cuts "
                 "(the latency arm's FLOPs column), above all on the residual net, where time that no width removes "
@@ -120,6 +133,8 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes the time is measured at")
+    parser.add_argument("--round-to", type=int, default=1, help="every kept width a multiple of this (both arms)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -129,10 +144,10 @@ def main() -> None:
         os.environ["PFA_CACHE_DIR"] = cache  # fresh tables: this run measures its own
         for net in args.nets:
             for runtime in args.runtimes:
-                for ratio in args.ratios:
-                    result = measure(net, runtime, ratio)
-                    data["runs"][f"{net}|{runtime}|{ratio:g}"] = result
-                    print(net, runtime, ratio, {m: round(v.get("time_ratio", float("nan")), 3) for m, v in result.items()},
+                for ratio, batch in [(r, b) for b in args.batch for r in args.ratios]:
+                    result = measure(net, runtime, ratio, batch, args.round_to)
+                    data["runs"][key_of(net, runtime, ratio, batch, args.round_to)] = result
+                    print(net, runtime, ratio, batch, args.round_to, {m: round(v.get("time_ratio", float("nan")), 3) for m, v in result.items()},
                           flush=True)
                     save_json(RAW, data)
     print("\n".join(section(data)))

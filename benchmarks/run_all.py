@@ -10,6 +10,8 @@ Sections:
 - the main job timed (``benchmarks/main_job.py``, run separately: ~4 min), rendered from its saved results;
 - the budget sweeps (``benchmarks/budget_sweep.py --dataset fashion_mnist``: ~3 h; ``digits``: ~1 h; run separately),
   rendered from their saved results; likewise the selection study (``benchmarks/selection_study.py``);
+- latency budgets against their time target (``benchmarks/latency_budget.py``) and Fashion-MNIST accuracy at a
+  latency budget, PFA against uniform (``benchmarks/latency_accuracy.py``), likewise;
 - ``round_to`` speed-ups and full-size swin_t (``benchmarks/architectures.py``, run separately: ~6 min), likewise;
 - quality at PFA-KL's footprint: full model; PFA-KL; PFA-Energy at 3 thresholds; at PFA-KL's widths: random and
   weight_l1 selection; uniform width scaling at PFA-KL's parameter count; PFA-KL's architecture
@@ -352,6 +354,13 @@ def latency_section() -> list[str]:
     return section(json.loads(RAW.read_text())) if RAW.exists() else []
 
 
+def latency_accuracy_section() -> list[str]:
+    """Fashion-MNIST accuracy at a latency budget, PFA against uniform (``benchmarks/latency_accuracy.py``)."""
+    from latency_accuracy import RAW, section
+
+    return section(json.loads(RAW.read_text())) if RAW.exists() else []
+
+
 def trace_cost_section() -> list[str]:
     """Decision and surgery time on full-size networks (``benchmarks/trace_cost.py``), when measured."""
     from trace_cost import RAW, section
@@ -381,6 +390,7 @@ def report(data: dict) -> str:
         *onnx_section(),
         *trace_cost_section(),
         *latency_section(),
+        *latency_accuracy_section(),
         "## Quality at PFA-KL's own footprint (accuracy in %, mean ± std over seeds)", "",
         "| arm | params % | FLOPs % | accuracy right after surgery | final accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",
