@@ -195,7 +195,7 @@ def make_recipe(
     strategy: Strategy | str,
     *,
     example_inputs: Any,
-    selection: SelectionLike = "abs_max",
+    selection: SelectionLike = "max_energy",
     min_units: int = 1,
     coupled: str = "joint",
     round_to: int = 1,
@@ -208,8 +208,8 @@ def make_recipe(
         stats: from :func:`collect_responses`.
         strategy: :class:`KL`, :class:`Energy`, :class:`Footprint`, :class:`Uniform` (or a name: ``"kl"``).
         example_inputs: a batch of model inputs, to trace the model (and count FLOPs).
-        selection: which units to keep: :class:`AbsMax` (the paper's, ``"abs_max"``), :class:`L1Max`,
-            :class:`MaxEnergy`;
+        selection: which units to keep: :class:`MaxEnergy` (the default, ``"max_energy"``), :class:`AbsMax`
+            (the paper's, ``"abs_max"``), :class:`L1Max`;
             the baselines :class:`WeightL1` (largest filter L1 norms, Li et al. 2017) and
             :class:`Random` keep the same number of units; or any selection callable.
         min_units: floor on the units any layer keeps.

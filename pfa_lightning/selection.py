@@ -1,15 +1,19 @@
-"""Which units to keep, given how many: greedy removal of the most correlated units.
+"""Which units to keep, given how many.
 
-Selections are objects (like strategies): :class:`AbsMax`, :class:`L1Max`, :class:`MaxEnergy`, and
-the baselines :class:`WeightL1` and :class:`Random`; the names ``"abs_max"``, ``"l1_max"``,
-``"max_energy"``, ``"weight_l1"``, ``"random"`` resolve to them. Inactive units always go first. Then, until ``k`` units remain:
+Selections are objects (like strategies): :class:`MaxEnergy` (the default), :class:`AbsMax`, :class:`L1Max`,
+and the baselines :class:`WeightL1` and :class:`Random`; the names ``"max_energy"``, ``"abs_max"``,
+``"l1_max"``, ``"weight_l1"``, ``"random"`` resolve to them. Inactive units always go first. Then:
 
-- ``abs_max`` (the paper's): take the pair with the largest |r|; drop the member whose
-  next-largest |r| to the remaining units is larger;
-- ``l1_max``: drop the unit with the largest sum of |r| to the remaining units.
+- ``max_energy`` (the default): keep, one at a time, the unit with the most response variance left
+  unexplained by the units already kept (pivoted Cholesky on the covariance). On Fashion-MNIST it keeps
+  better filters than AbsMax at the same widths on VGG-16 and ResNet-20, at parameter and latency budgets
+  (BENCHMARKS.md);
+- ``abs_max`` (the paper's): until ``k`` units remain, take the pair with the largest |r|; drop the member
+  whose next-largest |r| to the remaining units is larger;
+- ``l1_max``: until ``k`` units remain, drop the unit with the largest sum of |r| to the remaining units.
 
-Ties (``np.isclose``) are broken exactly as Apple's DNIKit reference does (its quirks included),
-so recipes equal the reference implementation's.
+For the correlation-based two, ties (``np.isclose``) are broken exactly as Apple's DNIKit reference does
+(its quirks included), so their recipes equal the reference implementation's.
 
 Baselines that ignore the responses, for comparisons at the same widths:
 
@@ -239,7 +243,8 @@ SelectionLike = Union[str, Selection, Callable[[Spectrum, int, Sequence[Tensor]]
 
 
 def resolve_selection(selection: SelectionLike) -> Callable[[Spectrum, int, Sequence[Tensor]], np.ndarray]:
-    """A selection object from a name (``abs_max``, ``l1_max``, ``weight_l1``, ``random``) or a callable."""
+    """A selection object from a name (``max_energy``, ``abs_max``, ``l1_max``, ``weight_l1``, ``random``) or a
+    callable."""
     if isinstance(selection, str) and selection in SELECTIONS:
         return SELECTIONS[selection]()
     if callable(selection) and not isinstance(selection, (str, type)):
@@ -256,7 +261,7 @@ def selection_name(selection: Any) -> str:
     return getattr(selection, "__name__", type(selection).__name__)
 
 
-def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "abs_max",
+def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "max_energy",
                  weights: Sequence[Tensor] = (), groups: int = 1, block: int = 1) -> np.ndarray:
     """Indices (ascending) of the ``keep`` units to keep in the space described by ``spectrum``.
 

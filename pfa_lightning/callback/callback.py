@@ -70,7 +70,7 @@ class PFACallback(Evaluation, Callback):
         threshold: energy kept, for ``"energy"``.
         ratio, metric, allocation, runtime, batch_size: for ``"footprint"``, its target (``ratio`` of the
             ``"params"``, ``"flops"`` or ``"latency"`` on ``runtime`` at ``batch_size``) and ``allocation``.
-        selection: which units to keep: ``"abs_max"`` (the paper's), ``"l1_max"``, the baselines
+        selection: which units to keep: ``"max_energy"`` (the default), ``"abs_max"`` (the paper's), ``"l1_max"``, the baselines
             ``"weight_l1"`` / ``"random"``, or a selection object (``pfa.Random(seed=1)``, your own callable).
         dataloader: analysis data (e.g. a target domain); default: the train dataloader's dataset.
         max_samples: analyse a seeded random subset of this many samples (None: all of them).
@@ -116,7 +116,7 @@ class PFACallback(Evaluation, Callback):
         allocation: str | None = None,
         runtime: str | None = None,
         batch_size: int | None = None,
-        selection: SelectionLike = "abs_max",
+        selection: SelectionLike = "max_energy",
         dataloader: Iterable | None = None,
         max_samples: int | None = 2000,
         pooling: str = "max",

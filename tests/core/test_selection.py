@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,25 @@ def test_names_and_objects_give_the_same_recipe(analysed, name, selection):
     assert [l.kept_indices for l in by_name] == [l.kept_indices for l in by_object]
     assert by_object.selection.startswith(name)
     assert any(l.kept < l.original for l in by_object)
+
+
+def test_the_default_selection_is_max_energy_everywhere(analysed):
+    """MaxEnergy keeps better filters than the paper's AbsMax at the same widths on Fashion-MNIST, plain and
+    residual nets (BENCHMARKS.md): it is the default of the API, the callback and the configs."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    model, x, stats = analysed
+    default = pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x)
+    explicit = pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x, selection=pfa.MaxEnergy())
+    assert default.selection == "max_energy" and default.to_dict() == explicit.to_dict()
+    paper = pfa.make_recipe(model, stats, pfa.Energy(0.8), example_inputs=x, selection="abs_max")
+    assert [l.kept_indices for l in paper] != [l.kept_indices for l in default]  # the paper's stays one word away
+    assert inspect.signature(pfa.PFACallback).parameters["selection"].default == "max_energy"
+    root = Path(__file__).resolve().parents[2] / "conf"
+    assert OmegaConf.load(root / "pfa" / "default.yaml").selection == "max_energy"
+    assert OmegaConf.load(root / "callbacks" / "pfa.yaml").pfa.selection == "max_energy"
 
 
 def test_a_users_own_selector_is_called_with_spectrum_count_and_weights(analysed):
