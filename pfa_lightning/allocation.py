@@ -88,8 +88,9 @@ def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float,
 
     The choice is then timed again, independently, and must fit the target itself (no tolerance): of many noisy
     timings near the target, the largest candidate that fits is likely one whose timing came out low (the winner's
-    curse), so while the new timing says it does not fit (at most ``confirmations`` times) the search goes on below
-    it. Returns the index (0, the smallest, when none fits) and the confirming times of the chosen candidate,
+    curse), so while the new timing says it does not fit, the search goes on below it: at most ``confirmations``
+    steps down, after which the search below the last refusal ends unconfirmed.
+    Returns the index (0, the smallest, when none fits) and the last times measured of the chosen candidate,
     ``timings`` counting every measurement."""
     seen: dict[int, tuple[float, float]] = {}
     timings = searched = 0
@@ -122,18 +123,24 @@ def refine_by_timing(start: int, count: int, timed: Callable[[int], tuple[float,
         lo, hi = 0, start
         if lo == hi or not fits(lo):
             return result(0)  # nothing fits: the smallest, for the caller to refuse
-    for attempt in range(confirmations + 1):
-        while hi - lo > 1 and searched < budget:
+
+    def search(allowed: int) -> None:  # bisect [lo, hi): lo fits, hi does not
+        nonlocal lo, hi
+        while hi - lo > 1 and searched < allowed:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        if under(measure(lo), 0.0) or lo == 0 or attempt == confirmations:
-            return result(lo)  # the fresh timing is the one reported, fitting or not
+
+    for attempt in range(confirmations + 1):
+        search(budget + 4 * attempt)  # each step down may search a little more
+        if lo == 0 or under(measure(lo), 0.0):
+            return result(lo)  # confirmed by a fresh timing (or the smallest: the caller judges it)
         hi, slack = lo, 0.0  # timed again, it does not fit: look below it, for the target itself
         below = [i for i in seen if i < hi and under(seen[i], slack)]
-        lo = max(below, default=0)
         if not below and not fits(0):
             return result(0)
-    raise AssertionError("unreachable: the last attempt returns")
+        lo = max(below, default=0)
+    search(budget + 4 * (confirmations + 1))  # steps down spent (a noisy machine): the search's last choice
+    return result(lo)
 
 
 __all__ = ["energy_count", "kl_divergence", "kl_keep_ratio", "largest_fitting", "refine_by_timing", "scaled_widths"]

@@ -74,7 +74,8 @@ def test_a_library_model_is_compressed_from_its_weights_file(library, name, save
 
     here = load_compressed(ImageClassifier, out / "final.ckpt", map_location="cpu")
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(_fresh_process_outputs(out / "final.ckpt"), here(x).detach())
+    # float32 to a few ulps: another process may pick other CPU kernels (seen: 5e-6 relative on lcnet_050)
+    torch.testing.assert_close(_fresh_process_outputs(out / "final.ckpt"), here(x).detach(), rtol=2e-5, atol=1e-4)
 
 
 def test_hydra_model_kwargs_are_kept_as_plain_data(tmp_path):
