@@ -6,12 +6,14 @@ interruption); then, for every budget (a fraction of the parameters or of the FL
 a copy is cut, its BatchNorm statistics recomputed on the training images (torch's ``update_bn``),
 fine-tuned for the same number of epochs, and tested:
 
-- ``footprint``: ``pfa.Footprint(r, metric)``, the library's default allocation and selection;
+- ``footprint``: ``pfa.Footprint(r, metric)``, the library's default allocation, with the paper's AbsMax selection
+  (the library's default selection until MaxEnergy replaced it on this sweep's evidence);
 - ``footprint-energy``: the paper's common energy threshold, ``Footprint(r, metric, allocation="energy")``;
 - ``uniform``: every layer the same fraction of its units, at the same budget, filters by weight L1 norm
   (the naive baseline: width scaling + magnitude pruning);
 - ``weight_l1``, ``random``, ``max_energy``: the default footprint's widths, filters chosen by weight L1
-  norm / at random / by ``pfa.MaxEnergy`` (the response energy left unexplained by the kept units);
+  norm / at random / by ``pfa.MaxEnergy`` (the response energy left unexplained by the kept units):
+  ``max_energy`` is what ``pfa.Footprint(r, metric)`` gives with the library's defaults;
 - ``footprint+comp``, ``weight_l1+comp``, ``max_energy+comp``: the same cuts with the removed units folded into the kept ones by least
   squares (``apply_recipe(..., compensate_with=stats)``), before the BatchNorm recalibration;
 - ``scratch``: ``uniform``'s architecture trained from random weights for the same total epochs as the
@@ -53,7 +55,7 @@ from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean,
 NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
 ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch",
         "footprint+comp", "weight_l1+comp", "max_energy+comp")  # +comp: removed units folded into kept ones
-DEFAULT_ARM = "footprint"  # the library's default: pfa.Footprint(r, metric) with its default selection
+DEFAULT_ARM = "max_energy"  # the library's default: pfa.Footprint(r, metric), MaxEnergy selection
 LONG_ARMS = ("footprint", "uniform", "weight_l1")
 # per data set: the protocol's defaults (each a command-line option)
 PROTOCOLS = {
@@ -366,15 +368,18 @@ def section(data: dict) -> list[str]:
            + f". Accuracy in %, mean ± "
            f"std over the seeds run so far ({len(seeds_done)} of {args['seeds']} planned). `footprint` is "
            "`pfa.Footprint(r, metric)` with its default allocation and the paper's AbsMax selection; `weight_l1`, "
-           "`random` and `max_energy` use `footprint`'s widths; `+comp`: the same cut with the removed units folded into "
-           "the kept ones by least squares (`apply_recipe(..., compensate_with=stats)`, where the path is linear). Verdict: the default against uniform and weight-L1, "
+           "`random` and `max_energy` use `footprint`'s widths; **`max_energy` is the library's default** "
+           "(`pfa.Footprint(r, metric)` as shipped: MaxEnergy replaced AbsMax as the default selection on this "
+           "evidence); `+comp`: the same cut with the removed units folded into "
+           "the kept ones by least squares (`apply_recipe(..., compensate_with=stats)`, where the path is linear). "
+           f"Verdict: the default (`{DEFAULT_ARM}`) against uniform and weight-L1, "
            "given from 3 seeds on: a win or a loss beyond the larger of the two arms' standard deviations, a tie "
            "within it. Training on this CPU is not bitwise reproducible, so read single cells with their spread.", ""]
     for net in _nets_with_runs(data):
         full = [r["final"] for k, r in data["runs"].items() if k.startswith(f"{net}|") and k.endswith("|full")]
         ref = f" ({REFERENCES[dataset]})" if dataset in REFERENCES else ""
         out += [f"### {net} {NETS.get(net, {})} — full model {pm(full)}{ref}", "",
-                "| budget | epochs | " + " | ".join(args["arms"]) + " | footprint: size reached | verdict |",
+                "| budget | epochs | " + " | ".join(args["arms"]) + " | size reached | verdict |",
                 "| --- | ---: | " + " | ".join("---:" for _ in args["arms"]) + " | ---: | --- |"]
         for budget in args["budgets"]:
             for epochs in [args["finetune_epochs"]] + ([args["long_epochs"]] if budget in args["long"] else []):
@@ -389,7 +394,7 @@ def section(data: dict) -> list[str]:
     before = [v for net, b in recal for v in _values(data, net, b, DEFAULT_ARM, args["finetune_epochs"], "after_surgery")]
     after = [v for net, b in recal for v in _values(data, net, b, DEFAULT_ARM, args["finetune_epochs"], "after_recalibration")]
     if before:
-        out += [f"Accuracy right after surgery (default footprint, all budgets and seeds): {pm(before)} before "
+        out += [f"Accuracy right after surgery (the default, all budgets and seeds): {pm(before)} before "
                 f"BatchNorm recalibration, {pm(after)} after.", ""]
     out += ["Plots: " + ", ".join(f"[{n}](benchmarks/results/{n})" for n in plots(data)), ""]
     return out
