@@ -50,7 +50,7 @@ from torch.optim.swa_utils import update_bn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pfa_lightning as pfa  # noqa: E402
 from pfa_lightning.models import build  # noqa: E402
-from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, train  # noqa: E402
+from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, run_or_render, train  # noqa: E402
 
 NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
 ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch",
@@ -426,10 +426,8 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="print the section from the saved results")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other work shares the CPU)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = json.loads(raw_path(args.dataset).read_text()) if args.render_only else run(args)
-    print("\n".join(section(data)))
+    run_or_render(args, raw_path(args.dataset), run, section)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,18 @@ def save_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+def run_or_render(args, raw: Path, run, section) -> None:
+    """The end of a resumable benchmark's ``main``: torch on ``args.threads`` threads, then ``run(args)`` (or, with
+    ``--render-only``, the results saved in ``raw``), and its BENCHMARKS.md section printed."""
+    import json
+
+    torch.set_num_threads(args.threads)
+    data = json.loads(raw.read_text()) if args.render_only else run(args)
+    print("\n".join(section(data)))
+
+
+def suffix_options(parts: list[str]) -> dict[str, int]:
+    """``["b64", "r8"]`` -> ``{"b": 64, "r": 8}``: the options a result key or a budget carries after its fields."""
+    return {part[0]: int(part[1:]) for part in parts}

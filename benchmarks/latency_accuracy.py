@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import sys
@@ -41,8 +42,9 @@ from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pfa_lightning as pfa  # noqa: E402
-from budget_sweep import NETS, PROTOCOLS, _FixedWidths, base_network  # noqa: E402
-from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, save_json, train  # noqa: E402
+from budget_sweep import NETS, PROTOCOLS, base_network, recipe_for  # noqa: E402
+from common import (RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, run_or_render,  # noqa: E402
+                    save_json, suffix_options, train)
 
 RAW = RESULTS / "latency_accuracy.json"
 ARMS = ("pfa", "uniform", "max_energy", "weight_l1")
@@ -55,13 +57,19 @@ BUDGETS = ("torch:0.5", "torch:0.25:b64", "onnxruntime:0.5:r8")
 DATASET = "fashion_mnist"
 
 
-def strategy_for(arm: str, budget: str) -> tuple[pfa.Footprint, object, int]:
-    """The strategy, selection and ``round_to`` of an arm at a budget."""
+def strategy_for(arm: str, budget: str) -> tuple[pfa.Strategy, object, int]:
+    """The strategy, selection and ``round_to`` of a timed arm at a budget."""
     runtime, ratio, *extra = budget.split(":")
-    options = {e[0]: int(e[1:]) for e in extra}
-    target = pfa.Footprint(float(ratio), metric="latency", runtime=runtime, batch_size=options.get("b", 1),
-                           **({} if arm == "pfa" else {"allocation": "uniform"}))
-    return target, "abs_max" if arm == "pfa" else pfa.WeightL1(), options.get("r", 1)
+    options = suffix_options(extra)
+    timing = {"metric": "latency", "runtime": runtime, "batch_size": options.get("b", 1)}
+    if arm == "pfa":
+        return pfa.Footprint(float(ratio), **timing), "abs_max", options.get("r", 1)
+    return pfa.Uniform(float(ratio), **timing), pfa.WeightL1(), options.get("r", 1)
+
+
+def pfa_key(key: str) -> str:
+    """The run whose timed widths an untimed arm's run reuses (``net|seed|budget|pfa``)."""
+    return key.rsplit("|", 1)[0] + "|pfa"
 
 
 def run(args) -> dict:
@@ -78,35 +86,31 @@ def run(args) -> dict:
         for net in args.nets:
             keys = [f"{net}|{seed}|{b}|{arm}" for b in args.budgets for arm in ARMS]
             if args.finetune_only:  # beside other work: only what was decided (timed) on a quiet machine
-                keys = [k for k in keys if k in data["recipes"] or
-                        (k.rsplit("|", 1)[1] not in TIMED_ARMS and k.rsplit("|", 1)[0] + "|pfa" in data["recipes"])]
+                keys = [k for k in keys if (k if k.rsplit("|", 1)[1] in TIMED_ARMS else pfa_key(k)) in data["recipes"]]
             if all(k in data["runs"] or (args.decide_only and k in data["recipes"]) for k in keys):
                 continue
             dm = load_data(DATASET, seed, "data", protocol["train_size"])
             base = base_network(sweep_args, net, seed, dm, {"runs": {}}, started)
             x = next(iter(dm.test_dataloader()))[0][:8]
             analysis = analysis_loader(dm)
-            stats = None
+
+            @functools.cache
+            def analysed() -> pfa.ResponseStats:  # collected once per network, when first needed
+                return pfa.collect_responses(base, analysis, max_samples=protocol["max_samples"], progress=False)
+
             for key in keys:
                 if key in data["runs"]:
                     continue
                 _, _, budget, arm = key.split("|")
                 if key not in data["recipes"] and arm not in TIMED_ARMS:  # pfa's widths, another selection
-                    if stats is None:
-                        stats = pfa.collect_responses(base, analysis, max_samples=protocol["max_samples"],
-                                                      progress=False)
-                    data["recipes"][key] = with_selection(base, stats, x, data["recipes"][key.rsplit("|", 1)[0] + "|pfa"],
-                                                          arm)
+                    data["recipes"][key] = with_selection(base, analysed(), x, data["recipes"][pfa_key(key)], arm, seed)
                 if key not in data["recipes"]:  # the timed decision
-                    if stats is None:
-                        stats = pfa.collect_responses(base, analysis, max_samples=protocol["max_samples"],
-                                                      progress=False)
                     strategy, selection, round_to = strategy_for(arm, budget)
                     t0 = time.time()
                     try:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
-                            recipe = pfa.make_recipe(base, stats, strategy, example_inputs=x, selection=selection,
+                            recipe = pfa.make_recipe(base, analysed(), strategy, example_inputs=x, selection=selection,
                                                      round_to=round_to)
                         data["recipes"][key] = recipe.to_dict()
                     except pfa.PFAError as err:  # out of reach on this runtime
@@ -141,14 +145,12 @@ def run(args) -> dict:
     return data
 
 
-def with_selection(base, stats, x, timed: dict, arm: str) -> dict:
-    """``timed``'s widths (a recorded recipe) with filters chosen by ``arm``'s selection; its timing is ``timed``'s
-    (the same architecture)."""
+def with_selection(base, stats, x, timed: dict, arm: str, seed: int) -> dict:
+    """``timed``'s widths (a recorded recipe) with filters chosen by ``arm``'s selection (the budget sweep's arm of
+    that name); its timing is ``timed``'s (the same architecture)."""
     if "refused" in timed:
         return timed
-    counts = {layer["group"]: len(layer["kept_indices"]) for layer in timed["layers"]}
-    selection = {"max_energy": pfa.MaxEnergy(), "weight_l1": pfa.WeightL1()}[arm]
-    recipe = pfa.make_recipe(base, stats, _FixedWidths(counts), example_inputs=x, selection=selection)
+    recipe = recipe_for(arm, base, stats, x, "latency", 1.0, seed, default_recipe=pfa.Recipe.from_dict(timed))
     out = recipe.to_dict()
     out["summary"] = dict(timed["summary"])
     return out
@@ -211,10 +213,7 @@ def main() -> None:
                         help="fine-tune what --decide-only decided and time nothing (beside other work)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (timing: the machine's, quiet)")
     parser.add_argument("--render-only", action="store_true", help="print the section from the saved results")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    data = json.loads(RAW.read_text()) if args.render_only else run(args)
-    print("\n".join(section(data)))
+    run_or_render(parser.parse_args(), RAW, run, section)
 
 
 if __name__ == "__main__":

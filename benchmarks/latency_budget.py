@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pfa_lightning as pfa  # noqa: E402
 from pfa_lightning.latency import runtime_timer  # noqa: E402
 from pfa_lightning.models import build  # noqa: E402
-from common import RESULTS, machine, save_json  # noqa: E402
+from common import RESULTS, machine, save_json, suffix_options  # noqa: E402
 from trace_cost import synthetic_stats  # noqa: E402
 
 RAW = RESULTS / "latency_budget.json"
@@ -55,7 +55,7 @@ def key_of(net: str, runtime: str, ratio: float, batch: int, round_to: int) -> s
 
 def parse_key(key: str) -> tuple[str, str, str, int, int]:
     net, runtime, ratio, *extra = key.split("|")
-    options = {e[0]: int(e[1:]) for e in extra}
+    options = suffix_options(extra)
     return net, runtime, ratio, options.get("b", 1), options.get("r", 1)
 
 
@@ -83,7 +83,8 @@ def measure(net: str, runtime: str, ratio: float, batch: int = 1, round_to: int 
                        "flops": pfa.count_flops(cut, x[:1]) / pfa.count_flops(model, x[:1]),
                        "params": pfa.count_params(cut) / pfa.count_params(model),
                        **({k: recipe.summary[k] for k in ("measured_s", "measured_full_s", "predicted_s", "timings")}
-                          if metric == "latency" else {}), "confirmed": True}
+                          if metric == "latency" else {}),
+                       **({"confirmed": True} if metric == "latency" else {})}
     return out
 
 
@@ -116,13 +117,12 @@ def section(data: dict) -> list[str]:
         mark = "" if lat.get("confirmed") else " †"
         out.append(f"| {net} | {runtime} | {batch} | {round_to} | {ratio} | {lat['time_ratio']:.3f}{mark} | {met} | {lat['flops']:.3f} | "
                    f"{lat['decision_s']:.0f} | {lat.get('timings', '')} | {flops} |")
-    runs = data.get("runs", {}).values()
-    met = [r for r in runs if "time_ratio" in r["latency"]]
-    if met:
-        fl = [r["flops"]["time_ratio"] / r["flops"]["flops"] for r in runs if "time_ratio" in r["flops"]]
+    runs = data.get("runs", {})
+    gaps = [r["latency"]["time_ratio"] / float(parse_key(k)[2]) - 1 for k, r in runs.items() if "time_ratio" in r["latency"]]
+    if gaps:
+        fl = [r["flops"]["time_ratio"] / r["flops"]["flops"] for r in runs.values() if "time_ratio" in r["flops"]]
         out += ["", f"Reading: the latency target is met (within {100 * WITHIN:.0f}%) in "
-                f"{sum(abs(r['latency']['time_ratio'] / float(parse_key(k)[2]) - 1) <= WITHIN for k, r in data['runs'].items() if 'time_ratio' in r['latency'])} "
-                f"of {len(data['runs'])} cells; a FLOPs target of the same ratio buys "
+                f"{sum(abs(g) <= WITHIN for g in gaps)} of {len(runs)} cells; a FLOPs target of the same ratio buys "
                 f"{min(fl):.1f}-{max(fl):.1f}x its FLOPs ratio in time, so meeting a time budget takes far deeper cuts "
                 "(the latency arm's FLOPs column), above all on the residual net, where time that no width removes "
                 "(additions, BatchNorm, per-layer overheads at batch 1) dominates; in eager PyTorch at batch 1 "

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import update_bn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pfa_lightning as pfa  # noqa: E402
 from budget_sweep import NETS, PROTOCOLS, _FixedWidths, base_network  # noqa: E402
-from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, train  # noqa: E402
+from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, run_or_render, train  # noqa: E402
 
 RAW = RESULTS / "selection_study.json"
 SELECTIONS = {"abs_max": pfa.AbsMax(), "l1_max": pfa.L1Max(), "max_energy": pfa.MaxEnergy(),
@@ -132,10 +132,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other work shares the CPU)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    data = json.loads(RAW.read_text()) if args.render_only else run(args)
-    print("\n".join(section(data)))
+    run_or_render(parser.parse_args(), RAW, run, section)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from torch import nn
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.graph import ModelGraph
-from pfa_lightning.nested import batch_of, run_model
+from pfa_lightning.nested import batch_of, batch_size as samples_in, run_model
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.tracing import fingerprint
 
@@ -90,11 +90,11 @@ def runtime_timer(runtime: str) -> Timer:
     """The timer of ``runtime``: PyTorch eager on the model's device (synchronised on CUDA), or ONNX Runtime's CPU
     provider with as many threads as torch has."""
 
-    sessions: dict[str, Callable[[], Any]] = {}  # by structure: the full network is timed again and again
+    sessions: dict[str, Callable[[], Any]] = {}  # by structure and batch: the full network is timed again and again
 
     def timer(model: nn.Module, inputs: Any) -> float:
         if runtime == "onnxruntime":
-            key = repr(fingerprint(model, inputs))
+            key = repr((fingerprint(model, inputs), samples_in(inputs)))  # a session feeds the batch it was made with
             if key not in sessions:
                 if len(sessions) >= 4:
                     sessions.pop(next(iter(sessions)))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from pfa_lightning.errors import PFAError
+from pfa_lightning.validation import is_int
 
 
 def map_nested(obj: Any, tensor: Callable[[Tensor], Any], *, other: Callable[[Any], Any] = lambda x: x,
@@ -53,7 +54,7 @@ def batch_of(example_inputs: Any, n: int) -> Any:
     """Detached model inputs of exactly ``n`` samples: the first ``n`` of ``example_inputs``, or its samples
     repeated in turn when it holds fewer (a latency at batch 64 is timed at batch 64, whatever the example).
     Batch-first inputs: every tensor whose first dimension is the first tensor's is cut or repeated along it."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not is_int(n) or n < 1:
         raise PFAError(f"A batch of model inputs needs at least one sample, got batch size {n!r}.")
     have = batch_size(example_inputs)
 

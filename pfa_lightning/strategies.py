@@ -135,6 +135,13 @@ class Energy(Strategy):
 ALLOCATIONS = ("kl", "energy", "uniform")
 
 
+def check_timing(runtime: Any, batch_size: Any) -> None:
+    """The options of a latency target (checked for any metric: a typo is named where it is made)."""
+    check_choice("runtime", runtime, RUNTIMES)
+    if not is_int(batch_size) or batch_size < 1:
+        raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", batch_size)
+
+
 @dataclass(frozen=True)
 class Footprint(Strategy):
     """Meet a footprint target: the largest network with at most ``ratio`` times the current number
@@ -172,15 +179,14 @@ class Footprint(Strategy):
 
     def __post_init__(self) -> None:
         if self.ratio is None:  # no silent default: the budget is the user's decision
-            raise PFAError("Footprint needs `ratio`: the fraction of the network's parameters (metric='params') or "
-                           "FLOPs (metric='flops') to keep, in (0, 1], e.g. Footprint(0.25) or "
+            raise PFAError("Footprint needs `ratio`: the fraction of the network's parameters (metric='params'), "
+                           "FLOPs (metric='flops') or inference time (metric='latency') to keep, in (0, 1], e.g. "
+                           "Footprint(0.25) or "
                            "PFACallback('footprint', ratio=0.25).")
         object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
         check_choice("metric", self.metric, METRICS)
         check_choice("allocation", self.allocation, ALLOCATIONS)
-        check_choice("runtime", self.runtime, RUNTIMES)
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", self.batch_size)
+        check_timing(self.runtime, self.batch_size)
         if not is_int(self.steps) or self.steps < 1:
             raise fail("steps", "an integer >= 1 (the number of compressions that reach the ratio)", self.steps)
 
@@ -291,22 +297,23 @@ class Uniform(Strategy):
         if (self.ratio is None) == (self.params is None):
             raise PFAError("Uniform takes exactly one of `ratio` (a fraction in (0, 1]) or `params` (a target count).")
         check_choice("metric", self.metric, ("units", *METRICS))
-        check_choice("runtime", self.runtime, RUNTIMES)
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", self.batch_size)
+        check_timing(self.runtime, self.batch_size)
         if self.ratio is not None:
             object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
-            if self.metric != "units":
-                self._target()  # its options checked now
         elif not is_int(self.params) or self.params < 1:
             raise fail("params", "a positive integer", self.params)
         elif self.metric != "units":
             raise PFAError(f"Uniform(params=...) counts parameters: give `ratio` with metric={self.metric!r} instead.")
 
-    def _target(self) -> "Footprint":
-        """``ratio`` of the network's ``metric``: the footprint target with the uniform allocation."""
-        return Footprint(self.ratio, metric=self.metric, allocation="uniform", runtime=self.runtime,
-                         batch_size=self.batch_size, timer=self.timer)
+    def _as_footprint(self, method: str, *args: Any) -> Any:
+        """``ratio`` of the network's ``metric`` is the footprint target with the uniform allocation: its ``method``,
+        its messages naming Uniform, the strategy the user gave."""
+        target = Footprint(self.ratio, metric=self.metric, allocation="uniform", runtime=self.runtime,
+                           batch_size=self.batch_size, timer=self.timer)
+        try:
+            return getattr(target, method)(*args)
+        except PFAError as err:
+            raise PFAError(str(err).replace("Footprint ratio", "Uniform ratio", 1)) from None
 
     @property
     def probe_metric(self) -> str | None:
@@ -316,10 +323,7 @@ class Uniform(Strategy):
 
     def decide(self, spectra, clamp, probe) -> Decision:
         if self.metric != "units":
-            try:
-                return self._target().decide(spectra, clamp, probe)
-            except PFAError as err:  # the message names the strategy the user gave
-                raise PFAError(str(err).replace("Footprint ratio", "Uniform ratio", 1)) from None
+            return self._as_footprint("decide", spectra, clamp, probe)
         candidates, counts_at = scaled_widths(spectra, [1.0] * len(spectra), clamp)
         ratio = self.ratio
         summary: dict[str, Any] = {}
@@ -339,10 +343,7 @@ class Uniform(Strategy):
 
     def check(self, floor: int, full: int, where: str = "") -> None:
         if self.metric != "units":
-            try:
-                return self._target().check(floor, full, where)
-            except PFAError as err:
-                raise PFAError(str(err).replace("Footprint ratio", "Uniform ratio", 1)) from None
+            return self._as_footprint("check", floor, full, where)
         if self.params is not None and floor > self.params:
             raise PFAError(f"Uniform(params={self.params}) is out of reach{f' {where}' if where else ''}: the smallest "
                            f"uniform network has {floor} parameters.")

@@ -242,3 +242,15 @@ def test_the_uniform_baseline_takes_a_latency_target(tmp_path, monkeypatch):
 def test_bad_uniform_targets_name_the_value(options, message):
     with pytest.raises(PFAError, match=message):
         pfa.Uniform(**options)
+
+
+def test_an_onnx_runtime_session_is_made_per_structure_and_batch(monkeypatch):
+    import pfa_lightning.latency as latency
+
+    made = []
+    monkeypatch.setattr(latency, "_onnx_runner", lambda model, inputs: made.append(inputs.shape[0]) or (lambda: None))
+    timer = latency.runtime_timer("onnxruntime")
+    model = build("simplecnn", num_classes=10, in_channels=3, width=0.25).eval()
+    for batch in (1, 1, 4, 4, 1):
+        timer(model, torch.randn(batch, 3, 32, 32))
+    assert made == [1, 4]  # reused for the same batch, a new session (its own feed) for another
