@@ -40,12 +40,20 @@ from pfa_lightning.graph import ModelGraph
 from pfa_lightning.nested import batch_of, batch_size as samples_in, run_model
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.tracing import fingerprint
+from pfa_lightning.validation import check_choice, fail, is_int
 
 RUNTIMES = ("torch", "onnxruntime")
 LEVELS = (0.125, 0.25, 0.5, 0.75)  # widths of each space's table rows, as fractions of its units
 TOLERANCE = 0.05  # a measured candidate this much over the target (timing noise) is accepted
 TABLE_VERSION = 2  # in the cache key: tables of earlier versions (v1 timed batch 1 whatever batch_size said) go
 Timer = Callable[[nn.Module, Any], float]
+
+
+def check_timing(runtime: Any, batch_size: Any) -> None:
+    """The options of a latency target (checked for any metric: a typo is named where it is made)."""
+    check_choice("runtime", runtime, RUNTIMES)
+    if not is_int(batch_size) or batch_size < 1:
+        raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", batch_size)
 
 
 def median_time(run: Callable[[], Any], warmup: int = 2, repeats: int = 7, min_seconds: float = 0.2) -> float:
@@ -59,6 +67,13 @@ def median_time(run: Callable[[], Any], warmup: int = 2, repeats: int = 7, min_s
         run()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def compare_times(timer: Timer, model: nn.Module, other: nn.Module, inputs: Any, rounds: int = 3
+                  ) -> tuple[float, float]:
+    """Seconds of ``model`` and of ``other``, timed alternately (drift hits both alike): medians of ``rounds``."""
+    times = [(float(timer(model, inputs)), float(timer(other, inputs))) for _ in range(rounds)]
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
 def _onnxruntime() -> Any:
@@ -129,11 +144,14 @@ class LatencyProbe:
     """The inference time (in nanoseconds, as an int: a footprint) of the network given widths would produce.
 
     ``probe(keep)`` predicts it from the per-space table; ``probe.verify(keep)`` times the real candidate and
-    the full network alternately (median of 3 rounds) and returns (candidate, full) in seconds.
+    the full network alternately (median of 3 rounds) and returns (candidate, full) in seconds. With a
+    ``reference`` (the network ``model`` was made from, e.g. by removing blocks), ``full`` and the second
+    time of ``verify`` are the reference's: a target is a share of its time.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, runtime: str = "torch", batch_size: int = 1,
-                 timer: Timer | None = None, cache: Path | str | None = None, progress: bool = False) -> None:
+                 timer: Timer | None = None, cache: Path | str | None = None, progress: bool = False,
+                 reference: nn.Module | None = None) -> None:
         if runtime not in RUNTIMES:
             raise PFAError(f"`runtime` must be one of {RUNTIMES}, got {runtime!r}.")
         if runtime == "onnxruntime" and timer is None:
@@ -149,8 +167,13 @@ class LatencyProbe:
         self.path = Path(cache if cache is not None else cache_dir()) / "latency" / (
             hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
         self.table = self._load() or self._build(progress)
-        self.full_s = float(self.table["full"])
-        self.full = int(round(self.full_s * 1e9))  # nanoseconds, as the probe answers (FootprintProbe.full's role)
+        self.full_s = float(self.table["full"])  # this network's, which predictions scale
+        self.reference = copy.deepcopy(reference).eval() if reference is not None else None
+        scale = 1.0
+        if self.reference is not None:  # the reference's time, in the table's terms
+            own, other = compare_times(self.timer, self.model, self.reference, self.inputs)
+            scale = other / own
+        self.full = int(round(self.full_s * scale * 1e9))  # nanoseconds, what a ratio is of (FootprintProbe.full's role)
 
     def _time(self, removals: Mapping[str, Any]) -> float:
         with self.graph.trial(removals):
@@ -213,8 +236,11 @@ class LatencyProbe:
     def verify(self, keep: Mapping[str, int]) -> tuple[float, float]:
         removals = {root: range(k, self.spaces[root].width) for root, k in keep.items()
                     if root in self.spaces and k < self.spaces[root].width}
+        if self.reference is not None:
+            with self.graph.trial(removals):
+                return compare_times(self.timer, self.model, self.reference, self.inputs)
         rounds = [(self._time(removals), self._time({})) for _ in range(3)]  # alternately: drift hits both alike
         return statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
 
 
-__all__ = ["LEVELS", "RUNTIMES", "LatencyProbe", "cache_dir", "median_time", "runtime_timer"]
+__all__ = ["LEVELS", "RUNTIMES", "LatencyProbe", "cache_dir", "check_timing", "compare_times", "median_time", "runtime_timer"]

@@ -11,10 +11,11 @@ import numpy as np
 from torch import nn
 
 from pfa_lightning.activations import UNKNOWN_NOTE
+from pfa_lightning.diagnosis import starved, warn_degenerate, warn_nothing_cut
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import probe_for
 from pfa_lightning.candidates import uncuttable_spaces
-from pfa_lightning.graph import ChannelSpace, ModelGraph, module_width
+from pfa_lightning.graph import module_width
 from pfa_lightning.tracing import traced
 from pfa_lightning.layers import unit_weights
 from pfa_lightning.nested import map_nested
@@ -75,6 +76,7 @@ class Recipe:
     strategy: dict[str, Any] = field(default_factory=dict)
     selection: str = "abs_max"
     summary: dict[str, Any] = field(default_factory=dict)  # global diagnostics (threshold, footprint, ...)
+    blocks: list[str] = field(default_factory=list)  # residual blocks removed whole (before the widths are cut)
 
     def __getitem__(self, name: str) -> LayerRecipe:
         for layer in self.layers:
@@ -103,6 +105,7 @@ class Recipe:
             "selection": self.selection,
             "summary": self.summary,
             "layers": [asdict(layer) for layer in self.layers],
+            **({"blocks": self.blocks} if self.blocks else {}),
         })
 
     @classmethod
@@ -123,8 +126,11 @@ class Recipe:
                 ))
             except (KeyError, TypeError, ValueError) as err:
                 raise PFAError(f"Malformed recipe layer entry {entry!r}: {type(err).__name__}: {err}") from None
+        blocks = data.get("blocks", [])
+        if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+            raise PFAError(f"Malformed recipe: 'blocks' must be a list of module names, got {blocks!r}.")
         return cls(layers, dict(data.get("strategy", {})), str(data.get("selection", "abs_max")),
-                   dict(data.get("summary", {})))
+                   dict(data.get("summary", {})), list(blocks))
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -157,10 +163,15 @@ class Recipe:
         if total:
             table.add_row("[bold]total", "", str(total), str(kept), f"{100 * kept / total:.0f}", "", "")
         m = self.summary
+        captions = []
+        if self.blocks:
+            captions.append(f"residual blocks removed ({len(self.blocks)} of {m.get('depth', {}).get('candidates', '?')}): "
+                            f"{', '.join(self.blocks)}")
         if "measured_s" in m:  # a latency target: what was timed, and what the latency table predicted
-            table.caption = (f"latency timed: {1e3 * m['measured_full_s']:.2f} ms -> {1e3 * m['measured_s']:.2f} ms "
+            captions.append(f"latency timed: {1e3 * m['measured_full_s']:.2f} ms -> {1e3 * m['measured_s']:.2f} ms "
                              f"({100 * m['measured_s'] / m['measured_full_s']:.0f}%; the table predicted "
                              f"{1e3 * m['predicted_s']:.2f} ms)")
+        table.caption = "\n".join(captions) or None
         return table
 
 
@@ -236,6 +247,13 @@ def make_recipe(
         raise fail("stats", "the ResponseStats returned by collect_responses", type(stats).__name__)
     stats.check_finite()
 
+    reference, removed_blocks, depth = None, [], {}
+    if getattr(strategy, "depth", False):  # whole residual blocks first, on a copy; the widths are cut on that
+        from pfa_lightning.blocks import cut_depth
+
+        reference = model
+        model, removed_blocks, depth = cut_depth(model, stats.block_contributions(), strategy, example_inputs)
+        reference = reference if removed_blocks else None
     graph = traced(model, example_inputs)
     if graph.fenced:
         named = listed(graph.fenced)
@@ -293,7 +311,7 @@ def make_recipe(
         return sp.units if sp.frozen else legal_width(max(k, min_units), sp.units, sp.step)
 
     metric = strategy.probe_metric
-    probe = probe_for(strategy, model, example_inputs, progress) if metric is not None else None
+    probe = probe_for(strategy, model, example_inputs, progress, reference) if metric is not None else None
     with progress_bar(f"PFA measuring candidate networks ({metric})", None, progress and probe is not None) as advance:
         def measured(keep: Mapping[str, int]) -> int:
             advance()
@@ -301,8 +319,10 @@ def make_recipe(
 
         if hasattr(probe, "verify"):  # a measured footprint (latency) is checked on the real candidate
             measured.verify = probe.verify  # type: ignore[attr-defined]
+        if probe is not None:
+            measured.full = probe.full  # type: ignore[attr-defined]  # what a ratio is of
         decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
-    if all(k >= sp.units for k, sp in zip(decision.counts, spectra)):
+    if all(k >= sp.units for k, sp in zip(decision.counts, spectra)) and not removed_blocks:
         warn_nothing_cut(graph, spectra, broken, stats, min_units, coupled)
 
     # one entry per producer; a producer spanning several spaces (added to a concatenation) merges them
@@ -329,54 +349,8 @@ def make_recipe(
             name=p, original=width, kept_indices=[i for i in range(width) if i not in removed[p]],
             group="+".join(groups), response=stats[p].response, diagnostics=diagnostics,
         ))
-    return Recipe(layers, strategy.to_dict(), selection_name(chooser), _plain(decision.summary))
-
-
-def warn_nothing_cut(graph: ModelGraph, spectra: list[Spectrum], broken: Mapping[str, str], stats: ResponseStats,
-                     min_units: int, coupled: str) -> None:
-    """Say why a recipe cuts nothing, with counts: which channel spaces were never candidates, and why."""
-    spaces = graph.spaces
-    floor = sum(not sp.frozen and min_units >= sp.units for sp in spectra)
-    reasons = {
-        "fenced (a reshape -> permute -> reshape)": sum(s.fenced for s in spaces),
-        "sharing a tied parameter": sum(bool(s.tied) and not s.fenced for s in spaces),
-        "reaching the model output": sum(s.reaches_output and not s.fenced and not s.tied for s in spaces),
-        "without statistics (excluded or not collected)": sum(
-            not s.reaches_output and any(p not in stats for p in s.producers) for s in spaces),
-        "coupled, left whole by coupled='skip'": sum(
-            coupled == "skip" and s.coupled and not s.reaches_output for s in spaces),
-        "broken by a trial cut (a width hard-coded in the model)": len(broken),
-        "with fewer samples than units": sum(sp.frozen for sp in spectra),
-        f"kept whole by min_units={min_units}": floor,
-        "kept whole by the strategy (their spectra call for every unit)": sum(not sp.frozen for sp in spectra) - floor,
-    }
-    counts = "; ".join(f"{n} {why}" for why, n in reasons.items() if n)
-    warnings.warn(f"The recipe cuts nothing: of the model's {len(spaces)} channel spaces, {counts}.", stacklevel=3)
-
-
-STARVED_UNITS, STARVED_WIDTH = 4, 16  # a layer of 16+ units cut below 4 is left with "a handful"
-TINY_FRACTION = 0.1  # a decision keeping less than this fraction of the analysed units is suspicious
-
-
-def starved(k: int, spectrum: Spectrum, space: ChannelSpace) -> bool:
-    """Whether keeping ``k`` units leaves an analysed space of 16+ units with a handful."""
-    return not spectrum.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH
-
-
-def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list[Spectrum], strategy: Strategy) -> None:
-    """Warn when a decision leaves layers with a handful of units, or (a strategy that was not given a size)
-    keeps a tiny fraction of all the analysed units: the network would be near chance before fine-tuning."""
-    few = [f"{space.root} ({k} of {space.width})" for space, k, sp in zip(spaces, counts, spectra)
-           if starved(k, sp, space)]
-    if few:
-        warnings.warn(f"The recipe leaves {len(few)} layer(s) with fewer than {STARVED_UNITS} units: {listed(few)}. "
-                      "Check the spectra; a milder strategy (a higher energy threshold, PFA-KL, or a Footprint "
-                      "ratio) or `min_units` keeps more.", stacklevel=3)
-    total, kept = sum(s.width for s in spaces), sum(counts)
-    if strategy.probe_metric is None and total and kept < TINY_FRACTION * total:
-        warnings.warn(f"The recipe keeps {kept} of {total} analysed units ({100 * kept / total:.1f}%) with "
-                      f"{strategy!r}: the compressed network will be a tiny fraction of the original. State the "
-                      "size you want with Footprint(ratio) if that is not intended.", stacklevel=3)
+    summary = {**decision.summary, **({"depth": depth} if depth else {})}
+    return Recipe(layers, strategy.to_dict(), selection_name(chooser), _plain(summary), removed_blocks)
 
 
 def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
@@ -387,4 +361,4 @@ def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "legal_width", "make_recipe", "spectra_of", "warn_degenerate"]
+__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "legal_width", "make_recipe", "spectra_of"]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pfa_lightning.blocks import BlockMeter, contribution, residual_blocks
 from pfa_lightning.errors import PFAError
 from pfa_lightning.candidates import analysable_layers
 from pfa_lightning.graph import ResponsePoint, evaluating, module_width
@@ -115,6 +116,8 @@ class ResponseStats(Mapping[str, LayerStats]):
 
     layers: dict[str, LayerStats]
     pooling: str = "max"
+    # residual block name -> float64 [sum ||block(x) - post(x)||^2, sum ||block(x)||^2]; None: not measured (blocks=False)
+    blocks: dict[str, Tensor] | None = None
 
     def __getitem__(self, name: str) -> LayerStats:
         return self.layers[name]
@@ -131,7 +134,15 @@ class ResponseStats(Mapping[str, LayerStats]):
 
     def tensors(self) -> list[Tensor]:
         """Every accumulator, in a fixed order (the same on every rank)."""
-        return [t for name in sorted(self.layers) for t in self.layers[name].tensors()]
+        blocks = self.blocks or {}
+        return [t for name in sorted(self.layers) for t in self.layers[name].tensors()] + [
+            blocks[name] for name in sorted(blocks)]
+
+    def block_contributions(self) -> dict[str, float] | None:
+        """How much each residual block changes the stream, ``||block(x) - post(x)||^2 / ||block(x)||^2``
+        summed over the analysis data (see :mod:`pfa_lightning.blocks`); None unless collected with
+        ``blocks=True``."""
+        return None if self.blocks is None else {name: contribution(totals) for name, totals in self.blocks.items()}
 
     def check_finite(self) -> None:
         for name, s in self.layers.items():
@@ -218,6 +229,7 @@ def collect_responses(
     progress: bool = True,
     description: str = "Collecting PFA responses",
     per_position: bool = False,
+    blocks: bool = False,
 ) -> ResponseStats:
     """Run ``model`` over ``dataloader`` and accumulate the responses of its prunable layers.
 
@@ -236,6 +248,8 @@ def collect_responses(
         progress: show a progress bar.
         per_position: also accumulate the statistics of every spatial position (unpooled), which
             ``apply_recipe(..., compensate_with=stats)`` uses to fold removed units into the kept ones.
+        blocks: also measure how much each residual block changes the stream (``Footprint(..., depth=True)``
+            removes the blocks that change it least; see :mod:`pfa_lightning.blocks`).
 
     Returns:
         :class:`ResponseStats`, a mapping from layer name to :class:`LayerStats`.
@@ -259,6 +273,7 @@ def collect_responses(
 
     stats: dict[str, LayerStats] = {}
     hooks, collectors = [], []
+    meter = None
     try:
         # every response point first: finding one may run the model (custom_readers), which must not feed a collector
         points = {name: graph.response_point(name) for name in candidates if name in chosen}
@@ -271,6 +286,8 @@ def collect_responses(
             hooked = model.get_submodule(point.module_name)
             hooks.append(hooked.register_forward_hook(collectors[-1].with_kwargs, with_kwargs=True)
                          if point.extract is not None else hooked.register_forward_hook(collectors[-1]))
+        if blocks:  # after the response points, whose search may run the model
+            meter = BlockMeter(model, residual_blocks(model, x0), device)
         unread = [f"{c.stats.name} ({c.point.unrecognised})" for c in collectors if c.point.unrecognised]
         if unread:
             warnings.warn(f"PFA reads the responses of {', '.join(unread)} before an activation it does not know: "
@@ -281,8 +298,10 @@ def collect_responses(
     finally:
         for h in hooks:
             h.remove()
+        if meter is not None:
+            meter.remove()
 
-    result = ResponseStats(stats, pooling)
+    result = ResponseStats(stats, pooling, meter.totals if meter is not None else None)
     result.check_finite()
     return result
 

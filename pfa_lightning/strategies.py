@@ -14,7 +14,7 @@ from pfa_lightning.allocation import (CEIL_GUARD, energy_count, kl_keep_ratio, l
                                       scaled_widths)
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import METRICS
-from pfa_lightning.latency import RUNTIMES, TOLERANCE as LATENCY_TOLERANCE
+from pfa_lightning.latency import TOLERANCE as LATENCY_TOLERANCE, check_timing
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.validation import check_choice, check_fraction, fail, is_int
 
@@ -133,13 +133,7 @@ class Energy(Strategy):
 
 
 ALLOCATIONS = ("kl", "energy", "uniform")
-
-
-def check_timing(runtime: Any, batch_size: Any) -> None:
-    """The options of a latency target (checked for any metric: a typo is named where it is made)."""
-    check_choice("runtime", runtime, RUNTIMES)
-    if not is_int(batch_size) or batch_size < 1:
-        raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", batch_size)
+DEPTH_HINT = ", or depth=True (residual blocks go too)"  # what Footprint suggests where widths fall short
 
 
 @dataclass(frozen=True)
@@ -155,6 +149,12 @@ class Footprint(Strategy):
     - ``"uniform"``: every layer the same fraction of its units (the width-scaling baseline, for
       any metric).
 
+    With ``depth=True`` the network also loses whole residual blocks (``x + branch(x)`` with an identity
+    shortcut), those that change their stream least on the analysis data first, as many as bring it to
+    ``sqrt(ratio)`` of its footprint; the widths then meet ``ratio`` (see :mod:`pfa_lightning.blocks`).
+    For targets that widths alone cannot reach: a latency at batch 1, where every layer costs a fixed
+    overhead that no width removes.
+
     The common factor (or threshold) is found by bisection over its breakpoints, measuring each
     candidate on the network that would really result (consumers' input channels, BatchNorm,
     flatten -> Linear included): the result is at most the target and as close as the breakpoints allow.
@@ -162,6 +162,7 @@ class Footprint(Strategy):
     Example:
         >>> Footprint(0.25, metric="flops")
         >>> Footprint(0.25, allocation="energy")   # the paper's allocation
+        >>> Footprint(0.25, metric="latency", depth=True)   # residual blocks go too
     """
 
     ratio: float | None = None
@@ -171,6 +172,7 @@ class Footprint(Strategy):
     runtime: str = "torch"  # metric="latency": where the time is measured ("torch" eager, "onnxruntime")
     batch_size: int = 1  # metric="latency": the batch the time is measured at
     timer: Callable[[Any, Any], float] | None = dataclasses.field(default=None, compare=False, repr=False)
+    depth: bool = False  # also remove whole residual blocks (their geometric share of the target)
     name: ClassVar[str] = "footprint"
 
     @property
@@ -189,6 +191,8 @@ class Footprint(Strategy):
         check_timing(self.runtime, self.batch_size)
         if not is_int(self.steps) or self.steps < 1:
             raise fail("steps", "an integer >= 1 (the number of compressions that reach the ratio)", self.steps)
+        if not isinstance(self.depth, bool):
+            raise fail("depth", "True (remove residual blocks too) or False", self.depth)
 
     def step(self, left: float, steps_left: int) -> "Footprint":
         """The one-cut Footprint of a gradual schedule's next step: with ``left`` the fraction of the original
@@ -224,7 +228,8 @@ class Footprint(Strategy):
         def size(counts: list[int]) -> int:
             return probe({sp.name: k for sp, k in zip(spectra, counts)})
 
-        full = probe({})
+        full = getattr(probe, "full", None)  # what the ratio is of: the network before any block went
+        full = probe({}) if full is None else full
         target = self.ratio * full
         index, achieved = largest_fitting(candidates, lambda v: size(counts_at(v)), target)
         checks: dict[str, float] = {}
@@ -242,7 +247,8 @@ class Footprint(Strategy):
                 raise PFAError(f"Footprint ratio {self.ratio:g} (latency on {self.runtime}, batch {self.batch_size}) "
                                f"is out of reach: the smallest network timed takes "
                                f"{checks['measured_s'] / checks['measured_full_s']:.2f} of the full network's time "
-                               "(costs that do not shrink with the widths). Use a larger ratio or batch_size.")
+                               "(costs that do not shrink with the widths). Use a larger ratio or batch_size"
+                               + ("" if self.depth else DEPTH_HINT) + ".")
         value = float(candidates[index])
         counts = counts_at(value)
         diags = [{"energy_kept": float(sp.energy_fractions()[k - 1]), "units_ratio": k / sp.units}
@@ -257,12 +263,12 @@ class Footprint(Strategy):
             raise PFAError(
                 f"Footprint ratio {self.ratio:g} ({self.metric}) is out of reach{f' {where}' if where else ''}: the "
                 f"smallest network it can produce keeps {floor / full:.4f} of the {self.metric}. Use a larger ratio, "
-                "a smaller `min_units`, or analyse more layers."
+                "a smaller `min_units`, or analyse more layers" + ("" if self.depth else DEPTH_HINT) + "."
             )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ratio": self.ratio, "metric": self.metric, "allocation": self.allocation,
-                **({"steps": self.steps} if self.steps > 1 else {}),
+                **({"steps": self.steps} if self.steps > 1 else {}), **({"depth": True} if self.depth else {}),
                 **({"runtime": self.runtime, "batch_size": self.batch_size} if self.metric == "latency" else {})}
 
     @property
@@ -313,7 +319,7 @@ class Uniform(Strategy):
         try:
             return getattr(target, method)(*args)
         except PFAError as err:
-            raise PFAError(str(err).replace("Footprint ratio", "Uniform ratio", 1)) from None
+            raise PFAError(str(err).replace("Footprint ratio", "Uniform ratio", 1).replace(DEPTH_HINT, "")) from None
 
     @property
     def probe_metric(self) -> str | None:

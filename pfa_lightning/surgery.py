@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from pfa_lightning.blocks import remove_blocks, restore_blocks
 from pfa_lightning.errors import PFAError
 from pfa_lightning.graph import ModelGraph, ModelState, output_shapes, module_width
 from pfa_lightning.tracing import traced
@@ -16,8 +17,6 @@ from pfa_lightning.stats import ResponseStats
 
 def _check_fits(model: nn.Module, recipe: Recipe, graph: ModelGraph) -> dict[str, list[int]]:
     """Removals per channel space (root numbering), or PFAError if the recipe does not fit this model."""
-    if not isinstance(recipe, Recipe):
-        raise PFAError(f"`recipe` must be a Recipe (see Recipe.from_dict), got {type(recipe).__name__}.")
     by_name = {layer.name: layer for layer in recipe.layers}
     prunable = set(graph.prunable_layers())
     for layer in recipe.layers:
@@ -83,27 +82,35 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any,
     consumers of each layer reached through a linear path absorb the least-squares prediction of
     the removed units from the kept ones (see :mod:`pfa_lightning.compensation`).
 
+    Residual blocks the recipe removes whole (``recipe.blocks``, from ``Footprint(..., depth=True)``) are
+    replaced first by what they leave of their stream (:func:`pfa_lightning.blocks.skipped`).
+
     All or nothing: if the recipe does not fit, or the result fails to run with the same output
     shape, the model is restored exactly and the error raised.
     """
+    if not isinstance(recipe, Recipe):
+        raise PFAError(f"`recipe` must be a Recipe (see Recipe.from_dict), got {type(recipe).__name__}.")
     inputs = clone_inputs(example_inputs, 2)
-    graph = traced(model, inputs)
-    removals = _check_fits(model, recipe, graph)
     before = output_shapes(model, inputs)
-    state = ModelState(model)
+    removed = remove_blocks(model, recipe.blocks)
+    state: ModelState | None = None
     try:
+        graph = traced(model, inputs)
+        removals = _check_fits(model, recipe, graph)
+        state = ModelState(model)
         if compensate_with is not None:
             from pfa_lightning.compensation import compensate
 
             compensate(model, recipe, graph, compensate_with)
         graph.prune(removals)
+        problem = _verify(model, recipe, inputs, before)
+        if problem:
+            raise PFAError(f"PFA surgery failed and the model was left untouched: {problem}")
     except BaseException:
-        state.restore()
+        if state is not None:
+            state.restore()
+        restore_blocks(model, removed)
         raise
-    problem = _verify(model, recipe, inputs, before)
-    if problem:
-        state.restore()
-        raise PFAError(f"PFA surgery failed and the model was left untouched: {problem}")
     return model
 
 

@@ -68,8 +68,8 @@ class PFACallback(Evaluation, Callback):
             at the start of the fit, before any training (a network you already trained; then
             ``max_epochs`` is the fine-tuning, and 0 epochs just cuts it).
         threshold: energy kept, for ``"energy"``.
-        ratio, metric, allocation, runtime, batch_size: for ``"footprint"``, its target (``ratio`` of the
-            ``"params"``, ``"flops"`` or ``"latency"`` on ``runtime`` at ``batch_size``) and ``allocation``.
+        ratio, metric, allocation, runtime, batch_size, depth: for ``"footprint"``, its target (``ratio`` of the
+            ``"params"``, ``"flops"`` or ``"latency"`` on ``runtime`` at ``batch_size``), ``allocation``, ``depth``.
         selection: which units to keep: ``"max_energy"`` (the default), ``"abs_max"`` (the paper's), ``"l1_max"``, the baselines
             ``"weight_l1"`` / ``"random"``, or a selection object (``pfa.Random(seed=1)``, your own callable).
         dataloader: analysis data (e.g. a target domain); default: the train dataloader's dataset.
@@ -116,6 +116,7 @@ class PFACallback(Evaluation, Callback):
         allocation: str | None = None,
         runtime: str | None = None,
         batch_size: int | None = None,
+        depth: bool | None = None,
         selection: SelectionLike = "max_energy",
         dataloader: Iterable | None = None,
         max_samples: int | None = 2000,
@@ -134,7 +135,7 @@ class PFACallback(Evaluation, Callback):
         verbose: bool = True,
     ) -> None:
         self.strategy = resolve_strategy(strategy, threshold=threshold, ratio=ratio, metric=metric,
-                                         allocation=allocation, runtime=runtime, batch_size=batch_size)
+                                         allocation=allocation, runtime=runtime, batch_size=batch_size, depth=depth)
         self.compress_at = check_epochs("compress_at", compress_at, 0,
                                         " (1-based: 1 compresses after the first epoch, 0 before training)")
         check_schedule(self.strategy, self.compress_at)
@@ -349,10 +350,10 @@ class PFACallback(Evaluation, Callback):
 
         def analyse() -> ResponseStats:
             with trainer.precision_plugin.forward_context():
-                return collect_responses(
-                    pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
-                    exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
-                    description=f"PFA responses ({f'epoch {epoch}' if epoch else 'before training'})", per_position=self.compensate)
+                return collect_responses(pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
+                                         exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
+                                         description=f"PFA responses ({f'epoch {epoch}' if epoch else 'before training'})",
+                                         per_position=self.compensate, blocks=getattr(strategy, "depth", False))
 
         def decide() -> Recipe:
             self.on_statistics(trainer, pl_module, stats)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pfa_lightning.callback.namespace import lightning_module_classes
+from pfa_lightning.blocks import is_removed
 from pfa_lightning.callback.record import Compression
 from pfa_lightning.errors import PFAError
 from pfa_lightning.files import first_line, load_plain, not_a_torch_file, refused_as_unsafe, truncated_torch_file
@@ -64,13 +65,18 @@ def already_applied(module: nn.Module, recipe: Recipe) -> bool:
             raise PFAError(
                 f"The checkpoint's PFA history does not fit {type(module).__name__}: it has no layer {layer.name!r}."
             ) from None
-    if all(widths[layer.name] == layer.kept for layer in recipe.layers):
+    try:
+        gone = {name: is_removed(module.get_submodule(name)) for name in recipe.blocks}
+    except AttributeError:
+        raise PFAError(f"The checkpoint's PFA history does not fit {type(module).__name__}: it has none of the "
+                       f"residual blocks {recipe.blocks} it removed.") from None
+    if all(widths[layer.name] == layer.kept for layer in recipe.layers) and all(gone.values()):
         return True  # (or a recipe that keeps everything: nothing to do either way)
-    if all(widths[layer.name] == layer.original for layer in recipe.layers):
+    if all(widths[layer.name] == layer.original for layer in recipe.layers) and not any(gone.values()):
         return False
     raise PFAError(
         f"The checkpoint's PFA history does not fit {type(module).__name__}: its layer widths {widths} are "
-        "neither those the compression started from nor those it produced."
+        f"neither those the compression started from nor those it produced{f' (blocks removed: {gone})' if gone else ''}."
     )
 
 

@@ -95,7 +95,7 @@ def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: s
                      strategy: Strategy, min_units: int, coupled: str, round_to: int) -> None:
     """Let the strategy refuse, before training, a target that even every layer at ``min_units`` cannot meet."""
     metric = strategy.probe_metric
-    if metric is None:
+    if metric is None or getattr(strategy, "depth", False):  # (removing blocks goes below the widths' floor)
         return
     probe = probe_for(strategy, pl_module, inputs)
     floor = probe({s.root: legal_width(min_units, s.width, s.step(round_to)) for s in graph.spaces

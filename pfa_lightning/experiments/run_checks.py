@@ -75,7 +75,7 @@ def check_run_settings(cfg: DictConfig) -> None:
 # the settings that decide the compressions (not those that only report, such as verbose or validate_after)
 RESUME_MODEL = ("arch", "name", "width", "model_kwargs")
 RESUME_DATA = ("_target_", "name", "root", "size", "in_channels", "classes", "specialize_classes", "train_size")
-RESUME_PFA = ("strategy", "threshold", "ratio", "metric", "allocation", "runtime", "batch_size", "selection",
+RESUME_PFA = ("strategy", "threshold", "ratio", "metric", "allocation", "runtime", "batch_size", "depth", "selection",
               "compress_at", "pooling", "min_units", "round_to", "coupled", "layers", "exclude", "compensate")
 
 

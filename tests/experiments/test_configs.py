@@ -100,6 +100,9 @@ def test_a_latency_budget_comes_from_the_command_line_shortcuts():
     assert callback.strategy == pfa.Footprint(0.4, metric="latency", runtime="onnxruntime", batch_size=8)
     plain = _pfa_callback(composed("pfa=footprint"), datamodule=None)  # the shortcuts' defaults fit a params target
     assert plain.strategy == pfa.Footprint(0.5)
+    deeper = _pfa_callback(composed("pfa=footprint", "pfa.metric=latency", "pfa.ratio=0.25", "pfa.depth=true"),
+                           datamodule=None)
+    assert deeper.strategy == pfa.Footprint(0.25, metric="latency", depth=True)
 
 
 def test_the_callbacks_group_adds_lightning_callbacks_and_refuses_a_second_pfa_callback():

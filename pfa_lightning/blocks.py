@@ -1,0 +1,282 @@
+"""Whole residual blocks: found, measured and removed (depth, for targets that widths alone cannot reach).
+
+A *residual block* is a submodule whose forward is ``post(x + branch(x))``: its one input added back to
+what a branch computes from it (through nothing but ``nn.Identity``), followed by a chain of one-input
+operations ``post`` (a ReLU, say), with an output shaped like its input. Removing it keeps ``post(x)``:
+the branch and its parameters go, the stream goes on. Blocks whose shortcut changes the shape (a
+projection) are not residual blocks in this sense: they are never removed.
+
+A block's *contribution* is how much it changes the stream, measured on the analysis data
+(``collect_responses(..., blocks=True)``): ``sum ||block(x) - post(x)||^2 / sum ||block(x)||^2``. The
+blocks that change it least go first (Veit et al. 2016: a trained residual network behaves like an
+ensemble of shallower paths, and most single blocks can go at a small cost).
+
+Found by tracing each submodule with ``torch.fx``; a module that does not trace, takes more than one
+input, or is called more than once per forward is not a candidate (left whole, never guessed at).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from pfa_lightning.errors import PFAError
+from pfa_lightning.nested import run_model
+from pfa_lightning.state import evaluating
+
+_ADDS = (operator.add, torch.add, Tensor.add)
+
+
+def _skip_graph(block: nn.Module) -> fx.GraphModule | None:
+    """``post(x)`` for a block whose forward is ``post(x + branch(x))``, or None if it is not one."""
+    if not any(True for _ in block.parameters()):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = fx.symbolic_trace(block)
+    except Exception:  # data-dependent control flow, unsupported calls: not a candidate
+        return None
+    graph = gm.graph
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    outputs = [n for n in graph.nodes if n.op == "output"]
+    if len(inputs) != 1 or len(outputs) != 1 or not isinstance(outputs[0].args[0], fx.Node):
+        return None
+    x = inputs[0]
+
+    def through_identity(node: Any) -> bool:
+        while isinstance(node, fx.Node) and node.op == "call_module" and isinstance(
+                gm.get_submodule(str(node.target)), nn.Identity):
+            node = node.args[0]
+        return node is x
+
+    def node_args(node: fx.Node) -> list[fx.Node]:
+        return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+
+    node = outputs[0].args[0]
+    while True:  # walk back through post: one-input operations
+        is_add = (node.op == "call_function" and node.target in _ADDS) or (
+            node.op == "call_method" and node.target in ("add", "__add__"))
+        if is_add and len(node.args) == 2 and not node.kwargs:
+            stream = [a for a in node.args if through_identity(a)]
+            if len(stream) == 1 and all(isinstance(a, fx.Node) for a in node.args):  # x + a computed branch
+                break
+        args = node_args(node)
+        if node.op == "placeholder" or len(args) != 1 or len(args[0].users) != 1:
+            return None
+        node = args[0]
+    node.replace_all_uses_with(stream[0])
+    graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    if sum(p.numel() for p in gm.parameters()) >= sum(p.numel() for p in block.parameters()):
+        return None  # the branch held no parameters: nothing to remove
+    return gm
+
+
+class RemovedBlock(nn.Module):
+    """What a removed residual block leaves: ``post(x)`` (``post``: the block's operations after the addition,
+    sharing their modules with it; a ``torch.fx.GraphModule``)."""
+
+    def __init__(self, post: fx.GraphModule) -> None:
+        super().__init__()
+        self.post = post
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.post(x)
+
+
+def skipped(block: nn.Module) -> RemovedBlock:
+    """The module that replaces a residual block: ``post(x)``, sharing ``post``'s submodules with ``block``.
+
+    Raises:
+        PFAError: ``block`` is not a residual block.
+    """
+    gm = _skip_graph(block)
+    if gm is None:
+        raise PFAError(f"{type(block).__name__} is not a residual block (a forward `post(x + branch(x))` with one "
+                       "input and an identity shortcut): it cannot be removed.")
+    return RemovedBlock(gm)
+
+
+def is_removed(module: nn.Module) -> bool:
+    """Whether ``module`` is what a removed residual block left (:func:`skipped`)."""
+    return isinstance(module, RemovedBlock)
+
+
+def residual_blocks(model: nn.Module, example_inputs: Any) -> dict[str, nn.Module]:
+    """The removable residual blocks of ``model`` (outermost only: a block inside another goes with it), in
+    module order, each with its ``post`` (what removing it leaves). Checked on ``example_inputs``: a block
+    must be called exactly once, with one tensor shaped like its output."""
+    found = {name: gm for name, m in model.named_modules() if name and (gm := _skip_graph(m)) is not None}
+    found = {n: gm for n, gm in found.items() if not any(n.startswith(o + ".") for o in found if o != n)}
+    calls: dict[str, list[bool]] = {name: [] for name in found}
+
+    def watch(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            calls[name].append(len(args) == 1 and isinstance(args[0], Tensor) and isinstance(output, Tensor)
+                               and args[0].shape == output.shape)
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(watch(n)) for n in found]
+    try:
+        with evaluating(model), torch.no_grad():
+            run_model(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: gm for n, gm in found.items() if calls[n] == [True]}
+
+
+class BlockMeter:
+    """Forward hooks accumulating each block's contribution (see the module's docstring) in float64."""
+
+    def __init__(self, model: nn.Module, blocks: Mapping[str, nn.Module], device: torch.device | str) -> None:
+        self.totals = {name: torch.zeros(2, dtype=torch.float64, device=device) for name in blocks}
+        self._hooks = [model.get_submodule(name).register_forward_hook(self._hook(name, skip))
+                       for name, skip in blocks.items()]
+
+    def _hook(self, name: str, skip: nn.Module) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            out = output.detach().double()
+            change = (out - skip(args[0].detach()).double()).pow(2).sum()
+            self.totals[name] += torch.stack([change, out.pow(2).sum()])
+        return hook
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def contribution(totals: Tensor) -> float:
+    change, energy = (float(v) for v in totals)
+    return change / energy if energy > 0 else 0.0
+
+
+def remove_blocks(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    """Replace the named residual blocks of ``model`` by what they leave (:func:`skipped`), in place; returns
+    the removed modules by name (to put back). Nothing changes if one of them is not a residual block."""
+    names = list(names)
+    replacements = {}
+    for name in names:
+        try:
+            block = model.get_submodule(name)
+        except AttributeError:
+            raise PFAError(f"Recipe does not fit the model: it has no block {name!r} to remove.") from None
+        try:
+            replacements[name] = skipped(block)
+        except PFAError as err:
+            raise PFAError(f"Recipe does not fit the model: {name!r}: {err}") from None
+    removed = {}
+    for name, replacement in replacements.items():
+        removed[name] = model.get_submodule(name)
+        _set(model, name, replacement)
+    return removed
+
+
+def restore_blocks(model: nn.Module, removed: Mapping[str, nn.Module]) -> None:
+    for name, block in removed.items():
+        _set(model, name, block)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def blocks_to_remove(order: Sequence[str], without: Callable[[list[str]], Any], fits: Callable[[Any], bool]
+                     ) -> tuple[list[str], Any]:
+    """The fewest blocks, taken in ``order``, whose removal ``fits``: ``without(names)`` measures the network
+    without them (what it measures must only come closer to fitting as blocks go), by bisection; every block
+    in ``order`` when even that does not fit. Returns the blocks and their measurement."""
+    measured: dict[int, Any] = {}
+
+    def at(k: int) -> Any:
+        if k not in measured:
+            measured[k] = without(list(order[:k]))
+        return measured[k]
+
+    if fits(at(0)) or not fits(at(len(order))):
+        k = 0 if fits(at(0)) else len(order)
+        return list(order[:k]), at(k)
+    lo, hi = 0, len(order)  # lo does not fit, hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(at(mid)) else (mid, hi)
+    return list(order[:hi]), at(hi)
+
+
+FLOOR_ROOM = 0.75  # after the blocks go, the widths' floor may take at most this share of the target
+
+
+def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strategy: Any, example_inputs: Any
+              ) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """A copy of ``model`` without the residual blocks that change the stream least: the fewest that bring it
+    to ``sqrt(ratio)`` of its footprint (depth takes its geometric share of the target, widths the rest) and
+    leave the widths room, their floor (every channel space at its smallest legal width) at most
+    ``FLOOR_ROOM`` of the target. ``strategy``: a :class:`~pfa_lightning.Footprint` with ``depth=True``; a
+    latency is timed on its runtime, the copy and the model alternately. Returns the copy, the blocks removed
+    and what was measured."""
+    from pfa_lightning.footprint import measure
+    from pfa_lightning.graph import ModelGraph
+    from pfa_lightning.latency import compare_times, runtime_timer
+    from pfa_lightning.nested import batch_of, clone_inputs
+
+    if contributions is None:
+        raise PFAError("Footprint(depth=True) removes the residual blocks that change their stream least, measured "
+                       "on the analysis data: collect the statistics with collect_responses(..., blocks=True) (the "
+                       "callback does).")
+    if not contributions:
+        warnings.warn(f"Footprint(depth=True): {type(model).__name__} has no residual block PFA can remove (a forward "
+                      "`post(x + branch(x))` with an identity shortcut): only the widths are cut.", stacklevel=3)
+        return model, [], {}
+    order = sorted(contributions, key=lambda n: (contributions[n], n))
+    share = math.sqrt(strategy.ratio)
+    work = copy.deepcopy(model)
+    if strategy.metric == "latency":
+        inputs = batch_of(example_inputs, strategy.batch_size)
+        timer = strategy.timer or runtime_timer(strategy.runtime)
+        full_model = copy.deepcopy(model).eval()
+
+        def footprint() -> float:
+            own, full = compare_times(timer, work.eval(), full_model, inputs)
+            return own / full
+    else:
+        inputs = clone_inputs(example_inputs, 1)
+        full = measure(model, inputs, strategy.metric)
+
+        def footprint() -> float:
+            return measure(work, inputs, strategy.metric) / full
+
+    def floor() -> float:
+        graph = ModelGraph(work, example_inputs)
+        cut = {s.root: range(s.step(), s.width) for s in graph.spaces
+               if not (s.reaches_output or s.fenced or s.tied) and s.width > s.step()}
+        try:
+            with graph.trial(cut):
+                return footprint()
+        except Exception:  # a space whose cut breaks the model: the floor is unknown here (the decision will tell)
+            return 0.0
+
+    def without(names: list[str]) -> tuple[float, float]:
+        removed = remove_blocks(work, names)
+        try:
+            return footprint(), floor()
+        finally:
+            restore_blocks(work, removed)
+
+    names, (achieved, least) = blocks_to_remove(
+        order, without, lambda m: m[0] <= share and m[1] <= FLOOR_ROOM * strategy.ratio)
+    remove_blocks(work, names)
+    return work, names, {"share": share, "achieved": achieved, "floor": least, "candidates": len(order),
+                         "contributions": {n: contributions[n] for n in order}}
+
+
+__all__ = ["BlockMeter", "RemovedBlock", "blocks_to_remove", "contribution", "cut_depth", "is_removed", "remove_blocks",
+           "residual_blocks", "restore_blocks", "skipped"]
