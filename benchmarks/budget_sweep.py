@@ -49,6 +49,7 @@ from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pfa_lightning as pfa  # noqa: E402
+from pfa_lightning.blocks import remove_blocks  # noqa: E402
 from pfa_lightning.models import build  # noqa: E402
 from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean, pm, run_or_render, train  # noqa: E402
 
@@ -86,7 +87,12 @@ def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, 
         assert default_recipe is not None
         counts = {layer.group: layer.kept for layer in default_recipe.layers}
         selection = {"weight_l1": pfa.WeightL1(), "random": pfa.Random(seed), "max_energy": pfa.MaxEnergy()}[arm]
-        return pfa.make_recipe(model, stats, _FixedWidths(counts), example_inputs=x, selection=selection)
+        if default_recipe.blocks:  # the residual blocks it removed go too: its architecture exactly
+            model = copy.deepcopy(model)
+            remove_blocks(model, default_recipe.blocks)
+        recipe = pfa.make_recipe(model, stats, _FixedWidths(counts), example_inputs=x, selection=selection)
+        recipe.blocks = list(default_recipe.blocks)
+        return recipe
     if arm == "scratch":
         arm = "uniform"  # its architecture, trained from random weights
     allocation = {"footprint": None, "footprint-energy": "energy", "uniform": "uniform"}[arm]

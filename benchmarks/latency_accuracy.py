@@ -52,8 +52,9 @@ TIMED_ARMS = ("pfa", "uniform")  # decided by timing; the others are pfa's width
 # runtime:ratio of the time[:b<batch size, 1 if not given>][:r<round_to>]. At batch 1 in eager PyTorch these small
 # networks cannot go below ~30% of their time (per-layer overheads): 25% is asked at batch 64. ONNX Runtime's
 # convolutions run fastest on channel counts in blocks of 8 (its NCHWc kernels): unrounded widths make its time jump
-# up and down with the widths, so its budget rounds.
-BUDGETS = ("torch:0.5", "torch:0.25:b64", "onnxruntime:0.5:r8")
+# up and down with the widths, so its budget rounds. `:d1`: PFA with depth=True (whole residual blocks go too); the
+# uniform baseline has no depth: its row reads the same budget without `:d1` (at batch 1, 25% is out of its reach).
+BUDGETS = ("torch:0.5", "torch:0.25:b64", "onnxruntime:0.5:r8", "torch:0.5:d1", "torch:0.25:d1")
 DATASET = "fashion_mnist"
 
 
@@ -63,8 +64,13 @@ def strategy_for(arm: str, budget: str) -> tuple[pfa.Strategy, object, int]:
     options = suffix_options(extra)
     timing = {"metric": "latency", "runtime": runtime, "batch_size": options.get("b", 1)}
     if arm == "pfa":
-        return pfa.Footprint(float(ratio), **timing), "abs_max", options.get("r", 1)
+        return pfa.Footprint(float(ratio), depth=bool(options.get("d")), **timing), "abs_max", options.get("r", 1)
     return pfa.Uniform(float(ratio), **timing), pfa.WeightL1(), options.get("r", 1)
+
+
+def widths_only(budget: str) -> str:
+    """The budget without depth (the uniform baseline's, which removes no block)."""
+    return budget.removesuffix(":d1")
 
 
 def pfa_key(key: str) -> str:
@@ -84,7 +90,8 @@ def run(args) -> dict:
     started = time.time()
     for seed in args.seeds:
         for net in args.nets:
-            keys = [f"{net}|{seed}|{b}|{arm}" for b in args.budgets for arm in ARMS]
+            keys = [f"{net}|{seed}|{b}|{arm}" for b in args.budgets for arm in ARMS
+                    if not (arm == "uniform" and widths_only(b) != b)]
             if args.finetune_only:  # beside other work: only what was decided (timed) on a quiet machine
                 keys = [k for k in keys if (k if k.rsplit("|", 1)[1] in TIMED_ARMS else pfa_key(k)) in data["recipes"]]
             if all(k in data["runs"] or (args.decide_only and k in data["recipes"]) for k in keys):
@@ -96,7 +103,8 @@ def run(args) -> dict:
 
             @functools.cache
             def analysed() -> pfa.ResponseStats:  # collected once per network, when first needed
-                return pfa.collect_responses(base, analysis, max_samples=protocol["max_samples"], progress=False)
+                return pfa.collect_responses(base, analysis, max_samples=protocol["max_samples"], progress=False,
+                                             blocks=True)
 
             for key in keys:
                 if key in data["runs"]:
@@ -171,7 +179,9 @@ def section(data: dict) -> list[str]:
            "`max_energy` and `weight_l1`: `pfa`'s widths (so its time) with `pfa.MaxEnergy` / `pfa.WeightL1` "
            "selection (**`max_energy` is the library's default**); on ONNX "
            "Runtime both with `round_to=8` (`:r8`: its convolution kernels work in blocks of 8 channels, and unrounded "
-           "widths make its time jump up and down with the widths); then "
+           "widths make its time jump up and down with the widths); `:d1`: `pfa` with `depth=True` (whole residual blocks "
+           "go too, see docs/core.md; `max_energy` and `weight_l1` its blocks and widths), against the uniform arm of the "
+           "same budget without depth (uniform scaling removes no block; at batch 1 it cannot reach 25%: `—`); then "
            f"BatchNorm recalibration and {p.get('finetune_epochs', '?')} fine-tuning epochs at lr {p.get('lr', '?')}. "
            "Accuracy in %, mean ± std over seeds; time: the chosen network's time over the full one's as the "
            "decision measured it (alternately, median of 3 rounds); FLOPs: its share of the full network's. Training on this CPU is not bitwise reproducible.", ""]
@@ -187,17 +197,18 @@ def section(data: dict) -> list[str]:
                 "pfa: time, FLOPs | uniform: time, FLOPs | default - uniform |",
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for budget in BUDGETS:
-            ours, theirs = _values(data, net, budget, "pfa", "final"), _values(data, net, budget, "uniform", "final")
-            if not ours and not theirs:
+            ours, theirs = _values(data, net, budget, "pfa", "final"), _values(data, net, widths_only(budget), "uniform", "final")
+            if not ours and not _values(data, net, budget, "uniform", "final"):
                 if any(k.startswith(f"{net}|") and f"|{budget}|" in k and "refused" in r for k, r in data["runs"].items()):
                     out.append(f"| {budget} | — | refused (out of reach on this runtime) | | | | | | |")
                 continue
             default = _values(data, net, budget, "max_energy", "final")
             gap = f"{100 * (mean(default) - mean(theirs)):+.1f}" if default and theirs else "—"
-            accuracy_cells = " | ".join(pm(_values(data, net, budget, arm, "final")) for arm in ARMS)
-            sizes = " | ".join(f"{ratio(_values(data, net, budget, arm, 'time_ratio'))}, "
-                               f"{ratio(_values(data, net, budget, arm, 'flops'))}" for arm in TIMED_ARMS)
-            out.append(f"| {budget} | {min(len(ours), len(theirs))} | {accuracy_cells} | {sizes} | {gap} |")
+            arms = {arm: budget if arm != "uniform" else widths_only(budget) for arm in ARMS}
+            accuracy_cells = " | ".join(pm(_values(data, net, b, arm, "final")) for arm, b in arms.items())
+            sizes = " | ".join(f"{ratio(_values(data, net, arms[arm], arm, 'time_ratio'))}, "
+                               f"{ratio(_values(data, net, arms[arm], arm, 'flops'))}" for arm in TIMED_ARMS)
+            out.append(f"| {budget} | {min(len(ours), len(theirs)) if theirs else len(ours)} | {accuracy_cells} | {sizes} | {gap} |")
         out.append("")
     return out
 
