@@ -14,6 +14,8 @@ fine-tuned for the same number of epochs, and tested:
 - ``weight_l1``, ``random``, ``max_energy``: the default footprint's widths, filters chosen by weight L1
   norm / at random / by ``pfa.MaxEnergy`` (the response energy left unexplained by the kept units):
   ``max_energy`` is what ``pfa.Footprint(r, metric)`` gives with the library's defaults;
+- ``per_space``: the default footprint's widths, filters by ``pfa.MaxEnergy`` in a channel space one layer writes
+  and by weight L1 norm in one several layers add into (a residual stream), where weight L1 led on ResNet-20;
 - ``footprint+comp``, ``weight_l1+comp``, ``max_energy+comp``: the same cuts with the removed units folded into the kept ones by least
   squares (``apply_recipe(..., compensate_with=stats)``), before the BatchNorm recalibration;
 - ``scratch``: ``uniform``'s architecture trained from random weights for the same total epochs as the
@@ -55,7 +57,8 @@ from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean,
 
 NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
 ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch",
-        "footprint+comp", "weight_l1+comp", "max_energy+comp")  # +comp: removed units folded into kept ones
+        "footprint+comp", "weight_l1+comp", "max_energy+comp",  # +comp: removed units folded into kept ones
+        "per_space")  # a candidate default: MaxEnergy where one layer writes the channels, weight L1 where several add
 DEFAULT_ARM = "max_energy"  # the library's default: pfa.Footprint(r, metric), MaxEnergy selection
 LONG_ARMS = ("footprint", "uniform", "weight_l1")
 # per data set: the protocol's defaults (each a command-line option)
@@ -83,10 +86,11 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, default_recipe=None) -> pfa.Recipe:
     arm = arm.removesuffix("+comp")  # the same recipe; apply_recipe compensates
-    if arm in ("weight_l1", "random", "max_energy"):  # the default footprint's widths, another selection
+    if arm in ("weight_l1", "random", "max_energy", "per_space"):  # the default footprint's widths, another selection
         assert default_recipe is not None
         counts = {layer.group: layer.kept for layer in default_recipe.layers}
-        selection = {"weight_l1": pfa.WeightL1(), "random": pfa.Random(seed), "max_energy": pfa.MaxEnergy()}[arm]
+        selection = {"weight_l1": pfa.WeightL1(), "random": pfa.Random(seed), "max_energy": pfa.MaxEnergy(),
+                     "per_space": per_space}[arm]
         if default_recipe.blocks:  # the residual blocks it removed go too: its architecture exactly
             model = copy.deepcopy(model)
             remove_blocks(model, default_recipe.blocks)
@@ -99,6 +103,12 @@ def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, 
     strategy = pfa.Footprint(ratio, metric) if allocation is None else pfa.Footprint(ratio, metric, allocation=allocation)
     selection = pfa.WeightL1() if arm == "uniform" else "abs_max"  # the naive baseline: uniform width, L1 filters
     return pfa.make_recipe(model, stats, strategy, example_inputs=x, selection=selection)
+
+
+def per_space(spectrum, keep, weights):
+    """MaxEnergy in a channel space one layer writes; weight L1 norm in one several layers add into (``weights``
+    holds one tensor per layer whose outputs live in the space)."""
+    return (pfa.WeightL1() if len(weights) > 1 else pfa.MaxEnergy())(spectrum, keep, weights)
 
 
 class _FixedWidths(pfa.Strategy):

@@ -11,8 +11,10 @@ A block's *contribution* is how much it changes the stream, measured on the anal
 blocks that change it least go first (Veit et al. 2016: a trained residual network behaves like an
 ensemble of shallower paths, and most single blocks can go at a small cost).
 
-Found by tracing each submodule with ``torch.fx``; a module that does not trace, takes more than one
-input, or is called more than once per forward is not a candidate (left whole, never guessed at).
+Found by tracing each submodule with ``torch.fx`` (in training and in evaluation mode); a module that does
+not trace, takes more than one input, is called more than once per forward, whose branch writes ``x`` in
+place, or whose ``post`` reads the training flag (a trace freezes it) is not a candidate (left whole, never
+guessed at). What a removed block leaves is its own copy of ``post``, made not to write ``x`` in place.
 """
 
 from __future__ import annotations
@@ -33,16 +35,32 @@ from pfa_lightning.state import evaluating
 _ADDS = (operator.add, torch.add, Tensor.add)
 
 
-def _skip_graph(block: nn.Module) -> fx.GraphModule | None:
-    """``post(x)`` for a block whose forward is ``post(x + branch(x))``, or None if it is not one."""
-    if not any(True for _ in block.parameters()):
-        return None
+def _inplace(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node`` writes its input in place (``ReLU(inplace=True)``, ``F.relu(x, inplace=True)``, ``x.relu_()``)."""
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).endswith("__")
+    return node.op == "call_function" and bool(node.kwargs.get("inplace", False))
+
+
+def _trace(block: nn.Module, training: bool) -> fx.GraphModule | None:
+    """``block`` traced by ``torch.fx`` with every submodule in the given mode (its flags restored after)."""
+    flags = [(m, m.training) for m in block.modules()]
+    block.train(training)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gm = fx.symbolic_trace(block)
+            return fx.symbolic_trace(block)
     except Exception:  # data-dependent control flow, unsupported calls: not a candidate
         return None
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _post(gm: fx.GraphModule) -> fx.GraphModule | None:
+    """``post(x)`` of a traced ``post(x + branch(x))``, or None if the graph is not one."""
     graph = gm.graph
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
     outputs = [n for n in graph.nodes if n.op == "output"]
@@ -55,6 +73,10 @@ def _skip_graph(block: nn.Module) -> fx.GraphModule | None:
                 gm.get_submodule(str(node.target)), nn.Identity):
             node = node.args[0]
         return node is x
+
+    readers = [n for n in graph.nodes if n.op != "output" and n.args and through_identity(n.args[0])]
+    if any(_inplace(n, gm) for n in readers):
+        return None  # the branch writes the block's input: removing it would not leave the stream it read
 
     def node_args(node: fx.Node) -> list[fx.Node]:
         return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
@@ -73,11 +95,33 @@ def _skip_graph(block: nn.Module) -> fx.GraphModule | None:
         node = args[0]
     node.replace_all_uses_with(stream[0])
     graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    if sum(p.numel() for p in gm.parameters()) >= sum(p.numel() for p in block.parameters()):
+    post = copy.deepcopy(fx.GraphModule(gm, graph))  # only what the graph uses, owned: the block keeps its own
+    for n in post.graph.nodes:  # post(x) must not write x, which the block's caller may read again
+        if n.op == "call_module" and getattr(post.get_submodule(str(n.target)), "inplace", False):
+            post.get_submodule(str(n.target)).inplace = False
+        elif n.op == "call_function" and n.kwargs.get("inplace", False):
+            n.kwargs = {**n.kwargs, "inplace": False}
+        elif _inplace(n, post) and hasattr(Tensor, str(n.target)[:-1]):
+            n.target = str(n.target)[:-1]
+        elif _inplace(n, post):
+            return None
+    post.recompile()
+    return post
+
+
+def _skip_graph(block: nn.Module) -> fx.GraphModule | None:
+    """``post(x)`` for a block whose forward is ``post(x + branch(x))``, or None if it is not one: traced in
+    training and in evaluation mode, ``post`` must be the same (a mode read while tracing is frozen into it)."""
+    if not any(True for _ in block.parameters()):
+        return None
+    traced = [_trace(block, training) for training in (True, False)]
+    posts = [_post(gm) if gm is not None else None for gm in traced]
+    if posts[0] is None or posts[1] is None or posts[0].code != posts[1].code:
+        return None
+    post = posts[1]
+    if sum(p.numel() for p in post.parameters()) >= sum(p.numel() for p in block.parameters()):
         return None  # the branch held no parameters: nothing to remove
-    return gm
+    return post.train(block.training)
 
 
 class RemovedBlock(nn.Module):
@@ -143,6 +187,8 @@ class BlockMeter:
                        for name, skip in blocks.items()]
 
     def _hook(self, name: str, skip: nn.Module) -> Callable[..., None]:
+        skip.eval()  # (its own copy of post: the model's eval mode during collection does not reach it)
+
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             out = output.detach().double()
             change = (out - skip(args[0].detach()).double()).pow(2).sum()
@@ -156,13 +202,19 @@ class BlockMeter:
 
 def contribution(totals: Tensor) -> float:
     change, energy = (float(v) for v in totals)
-    return change / energy if energy > 0 else 0.0
+    if energy > 0:
+        return change / energy
+    return 0.0 if change == 0 else math.inf  # a silent output that post(x) would not give: it goes last
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
     """Replace the named residual blocks of ``model`` by what they leave (:func:`skipped`), in place; returns
     the removed modules by name (to put back). Nothing changes if one of them is not a residual block."""
     names = list(names)
+    nested = [n for n in names if any(n != o and n.startswith(o + ".") for o in names)]
+    if nested or len(set(names)) != len(names):
+        raise PFAError(f"Recipe does not fit the model: its blocks {names} repeat a name or hold one another "
+                       f"({', '.join(nested) or 'repeated'}); a recipe removes distinct, outermost blocks.")
     replacements = {}
     for name in names:
         try:
@@ -181,7 +233,7 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module
 
 
 def restore_blocks(model: nn.Module, removed: Mapping[str, nn.Module]) -> None:
-    for name, block in removed.items():
+    for name, block in reversed(list(removed.items())):
         _set(model, name, block)
 
 
@@ -190,11 +242,12 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def blocks_to_remove(order: Sequence[str], without: Callable[[list[str]], Any], fits: Callable[[Any], bool]
-                     ) -> tuple[list[str], Any]:
-    """The fewest blocks, taken in ``order``, whose removal ``fits``: ``without(names)`` measures the network
-    without them (what it measures must only come closer to fitting as blocks go), by bisection; every block
-    in ``order`` when even that does not fit. Returns the blocks and their measurement."""
+def blocks_to_remove(order: Sequence[str], without: Callable[[list[str]], Any],
+                     wishes: Sequence[Callable[[Any], bool]]) -> tuple[list[str], Any]:
+    """The fewest blocks, taken in ``order``, whose removal meets the first of ``wishes`` that removing every block
+    in ``order`` meets (``without(names)`` measures the network without them; each wish must only come closer to
+    being met as blocks go), by bisection, every count measured once; every block when none is met. Returns the
+    blocks and their measurement."""
     measured: dict[int, Any] = {}
 
     def at(k: int) -> Any:
@@ -202,29 +255,34 @@ def blocks_to_remove(order: Sequence[str], without: Callable[[list[str]], Any], 
             measured[k] = without(list(order[:k]))
         return measured[k]
 
-    if fits(at(0)) or not fits(at(len(order))):
-        k = 0 if fits(at(0)) else len(order)
-        return list(order[:k]), at(k)
-    lo, hi = 0, len(order)  # lo does not fit, hi does
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if fits(at(mid)) else (mid, hi)
-    return list(order[:hi]), at(hi)
+    for fits in wishes:
+        if not fits(at(len(order))):
+            continue
+        if fits(at(0)):
+            return [], at(0)
+        lo, hi = 0, len(order)  # lo does not fit, hi does
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(at(mid)) else (mid, hi)
+        return list(order[:hi]), at(hi)
+    return list(order), at(len(order))
 
 
 FLOOR_ROOM = 0.75  # after the blocks go, the widths' floor may take at most this share of the target
 
 
-def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strategy: Any, example_inputs: Any
-              ) -> tuple[nn.Module, list[str], dict[str, Any]]:
+def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strategy: Any, example_inputs: Any,
+              floor_widths: Callable[[Any], Mapping[str, int]]) -> tuple[nn.Module, list[str], dict[str, Any]]:
     """A copy of ``model`` without the residual blocks that change the stream least: the fewest that bring it
     to ``sqrt(ratio)`` of its footprint (depth takes its geometric share of the target, widths the rest) and
-    leave the widths room, their floor (every channel space at its smallest legal width) at most
-    ``FLOOR_ROOM`` of the target. ``strategy``: a :class:`~pfa_lightning.Footprint` with ``depth=True``; a
-    latency is timed on its runtime, the copy and the model alternately. Returns the copy, the blocks removed
-    and what was measured."""
+    leave the widths room, their floor (``floor_widths(graph)``: every analysed channel space at its smallest
+    width) at most ``FLOOR_ROOM`` of the target; where removing every block cannot do that, the fewest that leave
+    that room, else the fewest that bring the floor within the target, else every one. ``strategy``: a
+    :class:`~pfa_lightning.Footprint` with ``depth=True``; a latency is timed on its runtime, the copy and the
+    model alternately. Returns the copy (``model`` itself when no block goes), the blocks removed and what was
+    measured."""
     from pfa_lightning.footprint import measure
-    from pfa_lightning.graph import ModelGraph
+    from pfa_lightning.graph import ModelGraph, module_width
     from pfa_lightning.latency import compare_times, runtime_timer
     from pfa_lightning.nested import batch_of, clone_inputs
 
@@ -232,9 +290,14 @@ def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strat
         raise PFAError("Footprint(depth=True) removes the residual blocks that change their stream least, measured "
                        "on the analysis data: collect the statistics with collect_responses(..., blocks=True) (the "
                        "callback does).")
+    unknown = sorted(set(contributions) - set(residual_blocks(model, example_inputs)))
+    if unknown:
+        raise PFAError(f"The statistics measured residual blocks {unknown} that {type(model).__name__} does not have: "
+                       "they were collected on a different model.")
     if not contributions:
         warnings.warn(f"Footprint(depth=True): {type(model).__name__} has no residual block PFA can remove (a forward "
                       "`post(x + branch(x))` with an identity shortcut): only the widths are cut.", stacklevel=3)
+    if not contributions or strategy.ratio >= 1:
         return model, [], {}
     order = sorted(contributions, key=lambda n: (contributions[n], n))
     share = math.sqrt(strategy.ratio)
@@ -256,13 +319,12 @@ def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strat
 
     def floor() -> float:
         graph = ModelGraph(work, example_inputs)
-        cut = {s.root: range(s.step(), s.width) for s in graph.spaces
-               if not (s.reaches_output or s.fenced or s.tied) and s.width > s.step()}
+        cut = {root: range(k, module_width(work.get_submodule(root))) for root, k in floor_widths(graph).items()}
         try:
             with graph.trial(cut):
                 return footprint()
-        except Exception:  # a space whose cut breaks the model: the floor is unknown here (the decision will tell)
-            return 0.0
+        except Exception:  # a space whose cut breaks the model: this floor cannot be had
+            return math.inf
 
     def without(names: list[str]) -> tuple[float, float]:
         removed = remove_blocks(work, names)
@@ -271,8 +333,9 @@ def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strat
         finally:
             restore_blocks(work, removed)
 
-    names, (achieved, least) = blocks_to_remove(
-        order, without, lambda m: m[0] <= share and m[1] <= FLOOR_ROOM * strategy.ratio)
+    room = FLOOR_ROOM * strategy.ratio
+    names, (achieved, least) = blocks_to_remove(order, without, [
+        lambda m: m[0] <= share and m[1] <= room, lambda m: m[1] <= room, lambda m: m[1] <= strategy.ratio])
     remove_blocks(work, names)
     return work, names, {"share": share, "achieved": achieved, "floor": least, "candidates": len(order),
                          "contributions": {n: contributions[n] for n in order}}

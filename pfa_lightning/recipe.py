@@ -200,6 +200,14 @@ def legal_width(k: int, width: int, step: int) -> int:
     return min(k, width)
 
 
+def floor_widths(graph: Any, chosen: set[str], min_units: int, coupled: str, round_to: int) -> dict[str, int]:
+    """The smallest width of every channel space a decision may cut (its producers among ``chosen``): ``min_units``
+    rounded to the space's step; the floor of a footprint target."""
+    return {s.root: legal_width(min_units, s.width, s.step(round_to)) for s in graph.spaces
+            if not (s.reaches_output or s.fenced or s.tied) and set(s.producers) <= chosen
+            and not (coupled == "skip" and s.coupled)}
+
+
 def make_recipe(
     model: nn.Module,
     stats: ResponseStats,
@@ -248,11 +256,12 @@ def make_recipe(
     stats.check_finite()
 
     reference, removed_blocks, depth = None, [], {}
-    if getattr(strategy, "depth", False):  # whole residual blocks first, on a copy; the widths are cut on that
+    if strategy.depth:  # whole residual blocks first, on a copy; the widths are cut on that
         from pfa_lightning.blocks import cut_depth
 
         reference = model
-        model, removed_blocks, depth = cut_depth(model, stats.block_contributions(), strategy, example_inputs)
+        model, removed_blocks, depth = cut_depth(model, stats.block_contributions(), strategy, example_inputs,
+                                                 lambda g: floor_widths(g, set(stats), min_units, coupled, round_to))
         reference = reference if removed_blocks else None
     graph = traced(model, example_inputs)
     if graph.fenced:
@@ -361,4 +370,4 @@ def spectra_of(stats: ResponseStats) -> dict[str, np.ndarray]:
     return out
 
 
-__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "legal_width", "make_recipe", "spectra_of"]
+__all__ = ["COUPLED_MODES", "LayerRecipe", "Recipe", "floor_widths", "legal_width", "make_recipe", "spectra_of"]

@@ -277,6 +277,7 @@ def collect_responses(
     try:
         # every response point first: finding one may run the model (custom_readers), which must not feed a collector
         points = {name: graph.response_point(name) for name in candidates if name in chosen}
+        found = residual_blocks(model, x0) if blocks else {}  # (it runs the model too)
         for name, point in points.items():
             units = module_width(model.get_submodule(name))
             stats[name] = LayerStats.empty(name, units, device, point.description)
@@ -286,8 +287,7 @@ def collect_responses(
             hooked = model.get_submodule(point.module_name)
             hooks.append(hooked.register_forward_hook(collectors[-1].with_kwargs, with_kwargs=True)
                          if point.extract is not None else hooked.register_forward_hook(collectors[-1]))
-        if blocks:  # after the response points, whose search may run the model
-            meter = BlockMeter(model, residual_blocks(model, x0), device)
+        meter = BlockMeter(model, found, device) if blocks else None
         unread = [f"{c.stats.name} ({c.point.unrecognised})" for c in collectors if c.point.unrecognised]
         if unread:
             warnings.warn(f"PFA reads the responses of {', '.join(unread)} before an activation it does not know: "

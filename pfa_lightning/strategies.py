@@ -40,6 +40,7 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str]
+    depth = False  # whether whole residual blocks go too (Footprint(depth=True): see pfa_lightning.blocks)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -92,9 +92,10 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, example_inputs: Any,
         raise PFAError(f"`recipe` must be a Recipe (see Recipe.from_dict), got {type(recipe).__name__}.")
     inputs = clone_inputs(example_inputs, 2)
     before = output_shapes(model, inputs)
-    removed = remove_blocks(model, recipe.blocks)
+    removed: dict[str, nn.Module] = {}
     state: ModelState | None = None
     try:
+        removed = remove_blocks(model, recipe.blocks)  # all or none of them
         graph = traced(model, inputs)
         removals = _check_fits(model, recipe, graph)
         state = ModelState(model)

@@ -353,7 +353,7 @@ class PFACallback(Evaluation, Callback):
                 return collect_responses(pl_module, batches, max_samples=limit, pooling=self.pooling, layers=self.layers,
                                          exclude=self.exclude, progress=self.verbose and trainer.is_global_zero,
                                          description=f"PFA responses ({f'epoch {epoch}' if epoch else 'before training'})",
-                                         per_position=self.compensate, blocks=getattr(strategy, "depth", False))
+                                         per_position=self.compensate, blocks=strategy.depth)
 
         def decide() -> Recipe:
             self.on_statistics(trainer, pl_module, stats)

@@ -65,11 +65,13 @@ def already_applied(module: nn.Module, recipe: Recipe) -> bool:
             raise PFAError(
                 f"The checkpoint's PFA history does not fit {type(module).__name__}: it has no layer {layer.name!r}."
             ) from None
-    try:
-        gone = {name: is_removed(module.get_submodule(name)) for name in recipe.blocks}
-    except AttributeError:
-        raise PFAError(f"The checkpoint's PFA history does not fit {type(module).__name__}: it has none of the "
-                       f"residual blocks {recipe.blocks} it removed.") from None
+    gone = {}
+    for name in recipe.blocks:
+        try:
+            gone[name] = is_removed(module.get_submodule(name))
+        except AttributeError:
+            raise PFAError(f"The checkpoint's PFA history does not fit {type(module).__name__}: it has no module "
+                           f"{name!r}, a residual block the compression removed.") from None
     if all(widths[layer.name] == layer.kept for layer in recipe.layers) and all(gone.values()):
         return True  # (or a recipe that keeps everything: nothing to do either way)
     if all(widths[layer.name] == layer.original for layer in recipe.layers) and not any(gone.values()):

@@ -7,13 +7,14 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
+from pfa_lightning.blocks import residual_blocks
 from pfa_lightning.callback.namespace import lightning_of
 from pfa_lightning.callback.record import Compression
 from pfa_lightning.candidates import analysable_layers
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import probe_for
 from pfa_lightning.graph import ModelGraph
-from pfa_lightning.recipe import legal_width
+from pfa_lightning.recipe import floor_widths
 from pfa_lightning.strategies import Footprint, Strategy
 
 
@@ -95,12 +96,10 @@ def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: s
                      strategy: Strategy, min_units: int, coupled: str, round_to: int) -> None:
     """Let the strategy refuse, before training, a target that even every layer at ``min_units`` cannot meet."""
     metric = strategy.probe_metric
-    if metric is None or getattr(strategy, "depth", False):  # (removing blocks goes below the widths' floor)
+    if metric is None or (strategy.depth and residual_blocks(pl_module, inputs)):  # (blocks go below the floor)
         return
     probe = probe_for(strategy, pl_module, inputs)
-    floor = probe({s.root: legal_width(min_units, s.width, s.step(round_to)) for s in graph.spaces
-                   if not s.reaches_output and set(s.producers) <= chosen
-                   and not (coupled == "skip" and s.coupled)})
+    floor = probe(floor_widths(graph, chosen, min_units, coupled, round_to))
     strategy.check(floor, probe.full, f"for {type(pl_module).__name__} (every analysed layer at min_units={min_units})")
 
 

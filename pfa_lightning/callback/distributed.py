@@ -70,7 +70,7 @@ def recalibrate_on_every_rank(trainer: pl.Trainer, module: nn.Module,
 
 
 def decision_digest(recipe: Recipe) -> int:
-    text = json.dumps([[layer.name, layer.kept_indices] for layer in recipe.layers])
+    text = json.dumps([recipe.blocks, [[layer.name, layer.kept_indices] for layer in recipe.layers]])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")  # fits in int64
 
 

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import pfa_lightning as pfa
-from pfa_lightning.blocks import blocks_to_remove, remove_blocks, residual_blocks, skipped
+from pfa_lightning.blocks import blocks_to_remove, is_removed, remove_blocks, residual_blocks, skipped
 from pfa_lightning.errors import PFAError
 from pfa_lightning.models import build
 
@@ -124,10 +124,13 @@ def test_contributions_are_measured_and_a_silent_branch_goes_first():
     out, stream = out.double(), F.relu(inputs[0]).double()
     expected = (out - stream).pow(2).sum() / out.pow(2).sum()
     assert contributions["layer1.1"] == pytest.approx(float(expected), rel=1e-6)
-    assert pfa.collect_responses(model, [x], progress=False).blocks is None  # only when asked
+    plain = pfa.collect_responses(model, [x[:48], x[48:]], progress=False)
+    assert plain.blocks is None  # only when asked, and the layers' statistics are the same either way
+    assert stats.num_samples == plain.num_samples == 96
+    assert all(torch.equal(stats[name].outer, plain[name].outer) for name in plain)
 
 
-def test_the_fewest_blocks_that_fit_are_chosen_in_order():
+def test_the_fewest_blocks_that_meet_the_first_reachable_wish_are_chosen_in_order():
     order = ["a", "b", "c", "d"]
     costs = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.1}
     seen = []
@@ -139,11 +142,12 @@ def test_the_fewest_blocks_that_fit_are_chosen_in_order():
     def under(share):
         return lambda ratio: ratio <= share
 
-    assert blocks_to_remove(order, without, under(0.75)) == (["a", "b"], pytest.approx(0.7))
+    assert blocks_to_remove(order, without, [under(0.75)]) == (["a", "b"], pytest.approx(0.7))
     assert len(seen) == len(set(seen)) <= 4  # bisection: each count measured once
-    assert blocks_to_remove(order, without, under(0.9)) == (["a"], pytest.approx(0.9))
-    assert blocks_to_remove(order, without, under(0.1)) == (order, pytest.approx(0.3))  # out of reach: every one
-    assert blocks_to_remove(order, without, under(1.0)) == ([], 1.0)
+    assert blocks_to_remove(order, without, [under(0.9)]) == (["a"], pytest.approx(0.9))
+    assert blocks_to_remove(order, without, [under(0.1)]) == (order, pytest.approx(0.3))  # none met: every one
+    assert blocks_to_remove(order, without, [under(0.1), under(0.75)]) == (["a", "b"], pytest.approx(0.7))
+    assert blocks_to_remove(order, without, [under(1.0)]) == ([], 1.0)
 
 
 class OverheadTimer:
@@ -212,7 +216,9 @@ def test_depth_needs_the_blocks_measured():
     assert pfa.Footprint(0.3, depth=True).to_dict()["depth"] is True
     vgg = build("vgg16", num_classes=10, width=0.25).eval()  # no residual block: the widths alone, and a warning
     with pytest.warns(UserWarning, match="no residual block"):
-        recipe = pfa.make_recipe(vgg, _stats(vgg, x, blocks=True), pfa.Footprint(0.3, depth=True), example_inputs=x[:2])
+        many = torch.randn(160, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # more samples than units
+        recipe = pfa.make_recipe(vgg, _stats(vgg, many, blocks=True), pfa.Footprint(0.3, depth=True),
+                                 example_inputs=x[:2])
     assert recipe.blocks == [] and recipe.summary["achieved_ratio"] <= 0.3
     assert "depth" not in pfa.Footprint(0.3).to_dict()
 
@@ -255,3 +261,68 @@ def test_a_network_without_blocks_exports_and_matches(tmp_path, format):
     pfa.apply_recipe(model, recipe, example_inputs=x[:2])
     report = export_model(model, x[:2], tmp_path / f"cut.{format}", format=format)  # checks outputs against torch
     assert recipe.blocks and report.params == pfa.count_params(model)
+
+
+class Writes(nn.Module):  # the branch writes its input in place: removing it would not leave what it read
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(F.relu(x, inplace=True))
+
+
+class InplacePost(nn.Module):  # torchvision's style: ReLU(inplace=True) after the addition
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(x + self.conv(x))
+
+
+class ModeInPost(nn.Module):  # post reads the training flag: tracing would freeze it
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return F.dropout(x + self.conv(x), 0.5, self.training)
+
+
+class Scaled(nn.Module):  # ConvNeXt's style: a parameter read by get_attr in the branch
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.gamma = nn.Parameter(torch.ones(4, 1, 1))
+
+    def forward(self, x):
+        return x + self.gamma * self.conv(x)
+
+
+def test_what_a_removed_block_leaves_never_writes_its_input_nor_keeps_the_branch():
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(PFAError, match="not a residual block"):
+        skipped(Writes())
+    with pytest.raises(PFAError, match="not a residual block"):
+        skipped(ModeInPost())
+    block = InplacePost()
+    gone, before = skipped(block), x.clone()
+    assert torch.equal(gone(x), F.relu(before)) and torch.equal(x, before)  # x itself untouched
+    assert block.relu.inplace  # the block's own modules are not changed
+    assert sum(p.numel() for p in skipped(Scaled()).parameters()) == 0  # gamma went with the branch
+
+
+def test_nested_or_repeated_blocks_in_a_recipe_are_refused_and_nothing_changes():
+    model = _resnet()
+    for names in (["layer1.1", "layer1.1"], ["layer1", "layer1.1"]):
+        with pytest.raises(PFAError, match="outermost"):
+            remove_blocks(model, names)
+    assert not any(is_removed(m) for m in model.modules())
+
+
+def test_the_ranks_digest_tells_recipes_apart_by_their_blocks():
+    from pfa_lightning.callback.distributed import decision_digest
+
+    recipe = pfa.Recipe([], blocks=["layer1.1"])
+    assert decision_digest(recipe) != decision_digest(pfa.Recipe([], blocks=["layer1.2"]))
