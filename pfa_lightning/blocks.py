@@ -125,8 +125,8 @@ def _skip_graph(block: nn.Module) -> fx.GraphModule | None:
 
 
 class RemovedBlock(nn.Module):
-    """What a removed residual block leaves: ``post(x)`` (``post``: the block's operations after the addition,
-    sharing their modules with it; a ``torch.fx.GraphModule``)."""
+    """What a removed residual block leaves: ``post(x)`` (``post``: its own copy of the block's operations after
+    the addition, a ``torch.fx.GraphModule``)."""
 
     def __init__(self, post: fx.GraphModule) -> None:
         super().__init__()
@@ -137,7 +137,7 @@ class RemovedBlock(nn.Module):
 
 
 def skipped(block: nn.Module) -> RemovedBlock:
-    """The module that replaces a residual block: ``post(x)``, sharing ``post``'s submodules with ``block``.
+    """The module that replaces a residual block: ``post(x)``, with its own copy of ``post``.
 
     Raises:
         PFAError: ``block`` is not a residual block.
@@ -207,9 +207,11 @@ def contribution(totals: Tensor) -> float:
     return 0.0 if change == 0 else math.inf  # a silent output that post(x) would not give: it goes last
 
 
-def remove_blocks(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+def remove_blocks(model: nn.Module, names: Iterable[str], posts: Mapping[str, fx.GraphModule] | None = None
+                  ) -> dict[str, nn.Module]:
     """Replace the named residual blocks of ``model`` by what they leave (:func:`skipped`), in place; returns
-    the removed modules by name (to put back). Nothing changes if one of them is not a residual block."""
+    the removed modules by name (to put back). Nothing changes if one of them is not a residual block.
+    ``posts``: the blocks' ``post`` already found (:func:`residual_blocks`), not traced again."""
     names = list(names)
     nested = [n for n in names if any(n != o and n.startswith(o + ".") for o in names)]
     if nested or len(set(names)) != len(names):
@@ -222,7 +224,7 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module
         except AttributeError:
             raise PFAError(f"Recipe does not fit the model: it has no block {name!r} to remove.") from None
         try:
-            replacements[name] = skipped(block)
+            replacements[name] = RemovedBlock(posts[name]) if posts and name in posts else skipped(block)
         except PFAError as err:
             raise PFAError(f"Recipe does not fit the model: {name!r}: {err}") from None
     removed = {}
@@ -290,7 +292,8 @@ def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strat
         raise PFAError("Footprint(depth=True) removes the residual blocks that change their stream least, measured "
                        "on the analysis data: collect the statistics with collect_responses(..., blocks=True) (the "
                        "callback does).")
-    unknown = sorted(set(contributions) - set(residual_blocks(model, example_inputs)))
+    found = residual_blocks(model, example_inputs)  # traced once: every trial removal below reuses their posts
+    unknown = sorted(set(contributions) - set(found))
     if unknown:
         raise PFAError(f"The statistics measured residual blocks {unknown} that {type(model).__name__} does not have: "
                        "they were collected on a different model.")
@@ -327,7 +330,7 @@ def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strat
             return math.inf
 
     def without(names: list[str]) -> tuple[float, float]:
-        removed = remove_blocks(work, names)
+        removed = remove_blocks(work, names, found)
         try:
             return footprint(), floor()
         finally:
@@ -336,7 +339,7 @@ def cut_depth(model: nn.Module, contributions: Mapping[str, float] | None, strat
     room = FLOOR_ROOM * strategy.ratio
     names, (achieved, least) = blocks_to_remove(order, without, [
         lambda m: m[0] <= share and m[1] <= room, lambda m: m[1] <= room, lambda m: m[1] <= strategy.ratio])
-    remove_blocks(work, names)
+    remove_blocks(work, names, found)
     return work, names, {"share": share, "achieved": achieved, "floor": least, "candidates": len(order),
                          "contributions": {n: contributions[n] for n in order}}
 

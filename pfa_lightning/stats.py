@@ -25,7 +25,7 @@ from pfa_lightning.graph import ResponsePoint, evaluating, module_width
 from pfa_lightning.tracing import traced
 from pfa_lightning.progress import progress_bar
 from pfa_lightning.nested import batch_size, clone_inputs, first_input, model_inputs, run_model
-from pfa_lightning.validation import check_choice, check_int
+from pfa_lightning.validation import check_bool, check_choice, check_int
 
 POOLINGS = ("max", "avg")
 
@@ -259,6 +259,7 @@ def collect_responses(
             with no prunable layer, an empty loader, or NaN/Inf responses (naming the layer).
     """
     check_choice("pooling", pooling, POOLINGS)
+    check_bool("blocks", blocks)
     check_max_samples(max_samples)
     device = torch.device(device) if device is not None else model_device(model)
     iterator = iter(dataloader)

@@ -209,6 +209,8 @@ def test_depth_works_for_counted_footprints_too(metric):
 
 def test_depth_needs_the_blocks_measured():
     model, x = _resnet(), _data()
+    with pytest.raises(PFAError, match="blocks"):
+        pfa.collect_responses(model, [x], progress=False, blocks="yes")
     with pytest.raises(PFAError, match=r"blocks=True"):
         _quiet(pfa.make_recipe, model, _stats(model, x), pfa.Footprint(0.3, depth=True), example_inputs=x[:2])
     with pytest.raises(PFAError, match="depth"):
