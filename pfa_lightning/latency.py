@@ -49,11 +49,18 @@ TABLE_VERSION = 2  # in the cache key: tables of earlier versions (v1 timed batc
 Timer = Callable[[nn.Module, Any], float]
 
 
-def check_timing(runtime: Any, batch_size: Any) -> None:
-    """The options of a latency target (checked for any metric: a typo is named where it is made)."""
+def check_timing(runtime: Any, batch_size: Any, metric: str = "latency", timer: Any = None) -> None:
+    """The options of a latency target (checked for any metric: a typo is named where it is made). With another
+    ``metric`` they would be ignored: a value other than their default is refused (one message naming it)."""
     check_choice("runtime", runtime, RUNTIMES)
     if not is_int(batch_size) or batch_size < 1:
         raise fail("batch_size", "an integer >= 1 (the batch a latency is measured at)", batch_size)
+    if metric != "latency":
+        given = [name for name, value, default in (("runtime", runtime, "torch"), ("batch_size", batch_size, 1),
+                                                   ("timer", timer, None)) if value != default]
+        if given:
+            raise PFAError(f"{', '.join(given)} only apply to metric='latency' (a time is measured), not to "
+                           f"metric={metric!r}: give metric='latency' or leave them out.")
 
 
 def median_time(run: Callable[[], Any], warmup: int = 2, repeats: int = 7, min_seconds: float = 0.2) -> float:

@@ -189,7 +189,7 @@ class Footprint(Strategy):
         object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
         check_choice("metric", self.metric, METRICS)
         check_choice("allocation", self.allocation, ALLOCATIONS)
-        check_timing(self.runtime, self.batch_size)
+        check_timing(self.runtime, self.batch_size, self.metric, self.timer)
         if not is_int(self.steps) or self.steps < 1:
             raise fail("steps", "an integer >= 1 (the number of compressions that reach the ratio)", self.steps)
         if not isinstance(self.depth, bool):
@@ -304,7 +304,7 @@ class Uniform(Strategy):
         if (self.ratio is None) == (self.params is None):
             raise PFAError("Uniform takes exactly one of `ratio` (a fraction in (0, 1]) or `params` (a target count).")
         check_choice("metric", self.metric, ("units", *METRICS))
-        check_timing(self.runtime, self.batch_size)
+        check_timing(self.runtime, self.batch_size, self.metric, self.timer)
         if self.ratio is not None:
             object.__setattr__(self, "ratio", check_fraction("ratio", self.ratio))
         elif not is_int(self.params) or self.params < 1:
@@ -390,7 +390,8 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     if not isinstance(strategy, str) or strategy.lower() not in REGISTRY:
         raise fail("strategy", f"one of {tuple(REGISTRY)} or a Strategy instance", strategy)
     cls = REGISTRY[strategy.lower()]
-    allowed = {f.name for f in dataclasses.fields(cls)}
+    allowed = {f.name for f in dataclasses.fields(cls)}  # and a feature it lacks, turned off (depth=False for KL)
+    options = {k: v for k, v in options.items() if k in allowed or not (k == "depth" and v is False)}
     extra = set(options) - allowed
     if extra:
         raise PFAError(

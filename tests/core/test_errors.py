@@ -29,6 +29,12 @@ def tiny():
         (lambda: pfa.resolve_strategy("pca"), r"`strategy` must be one of \('kl', 'energy', 'footprint', 'uniform'.*\) or a Strategy instance, got 'pca'"),
         (lambda: pfa.resolve_strategy("kl", threshold=0.9), r"Strategy 'kl' takes no options, got unexpected \['threshold'\]"),
         (lambda: pfa.resolve_strategy("energy", threshold=2), r"`threshold` must be a number in \(0, 1\], got 2"),
+        (lambda: pfa.resolve_strategy("kl", depth=True), r"Strategy 'kl' takes no options, got unexpected \['depth'\]"),
+        (lambda: pfa.Footprint(0.5, runtime="onnxruntime"),
+         r"runtime only apply to metric='latency' \(a time is measured\), not to metric='params'"),
+        (lambda: pfa.Footprint(0.5, "flops", batch_size=8, timer=lambda m, x: 1.0),
+         r"batch_size, timer only apply to metric='latency'.*not to metric='flops'"),
+        (lambda: pfa.Uniform(0.5, timer=lambda m, x: 1.0), r"timer only apply to metric='latency'.*metric='units'"),
         (lambda: build("vgg17"), r"`name` must be one of \('vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet20'.*got 'vgg17'"),
         (lambda: build("vgg11", width=0), r"`width` must be a number > 0, got 0"),
         (lambda: build("resnet20", num_classes=0), r"`num_classes` must be an integer >= 1, got 0"),
@@ -40,6 +46,13 @@ def tiny():
 def test_bad_values(make, match):
     with pytest.raises(pfa.PFAError, match=match):
         make()
+
+
+def test_a_feature_a_strategy_lacks_may_be_turned_off_and_latency_options_at_their_defaults_pass():
+    assert pfa.resolve_strategy("kl", depth=False) == pfa.KL()
+    assert pfa.resolve_strategy("energy", threshold=0.9, depth=False) == pfa.Energy(0.9)
+    assert pfa.Footprint(0.5, "flops", runtime="torch", batch_size=1).metric == "flops"  # a config's defaults
+    assert pfa.Footprint(0.5, "latency", runtime="onnxruntime", batch_size=8).batch_size == 8
 
 
 @pytest.mark.parametrize(
