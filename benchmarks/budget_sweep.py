@@ -18,6 +18,10 @@ fine-tuned for the same number of epochs, and tested:
   and by weight L1 norm in one several layers add into (a residual stream), where weight L1 led on ResNet-20;
 - ``footprint+comp``, ``weight_l1+comp``, ``max_energy+comp``: the same cuts with the removed units folded into the kept ones by least
   squares (``apply_recipe(..., compensate_with=stats)``), before the BatchNorm recalibration;
+- ``skip``: ``pfa.Footprint(r, metric)`` with MaxEnergy and ``make_recipe(..., coupled="skip")``: channel spaces several
+  layers add into (residual streams) stay whole, the rest meets the budget (the same as ``max_energy`` on a plain net);
+- ``max_energy+kd``: ``max_energy``'s cut fine-tuned with distillation from the full network (the callback's
+  ``distill=True``: temperature 4, half of the loss);
 - ``scratch``: ``uniform``'s architecture trained from random weights for the same total epochs as the
   full network plus its fine-tuning (Liu et al. 2019, "Rethinking the value of network pruning").
 
@@ -58,7 +62,8 @@ from common import RESULTS, accuracy, analysis_loader, load_data, machine, mean,
 NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
 ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch",
         "footprint+comp", "weight_l1+comp", "max_energy+comp",  # +comp: removed units folded into kept ones
-        "per_space")  # a candidate default: MaxEnergy where one layer writes the channels, weight L1 where several add
+        "per_space",  # a candidate default: MaxEnergy where one layer writes the channels, weight L1 where several add
+        "skip", "max_energy+kd")  # residual streams kept whole; the default fine-tuned with distillation
 DEFAULT_ARM = "max_energy"  # the library's default: pfa.Footprint(r, metric), MaxEnergy selection
 LONG_ARMS = ("footprint", "uniform", "weight_l1")
 # per data set: the protocol's defaults (each a command-line option)
@@ -85,7 +90,7 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 
 def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, default_recipe=None) -> pfa.Recipe:
-    arm = arm.removesuffix("+comp")  # the same recipe; apply_recipe compensates
+    arm = arm.removesuffix("+comp").removesuffix("+kd")  # the same recipe; apply_recipe compensates, training distils
     if arm in ("weight_l1", "random", "max_energy", "per_space"):  # the default footprint's widths, another selection
         assert default_recipe is not None
         counts = {layer.group: layer.kept for layer in default_recipe.layers}
@@ -97,6 +102,8 @@ def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, 
         recipe = pfa.make_recipe(model, stats, _FixedWidths(counts), example_inputs=x, selection=selection)
         recipe.blocks = list(default_recipe.blocks)
         return recipe
+    if arm == "skip":
+        return pfa.make_recipe(model, stats, pfa.Footprint(ratio, metric), example_inputs=x, coupled="skip")
     if arm == "scratch":
         arm = "uniform"  # its architecture, trained from random weights
     allocation = {"footprint": None, "footprint-energy": "energy", "uniform": "uniform"}[arm]
@@ -260,8 +267,12 @@ def run(args) -> dict:
                         continue
                     t0 = time.time()
                     torch.manual_seed(seed)
-                    recipe = default_recipe if arm == "footprint" else recipe_for(arm, base, stats, x, metric, ratio,
-                                                                                  seed, default_recipe)
+                    try:
+                        recipe = default_recipe if arm == "footprint" else recipe_for(arm, base, stats, x, metric,
+                                                                                      ratio, seed, default_recipe)
+                    except pfa.PFAError as err:  # a budget this arm cannot reach (skip: the streams stay whole)
+                        print(f"[{time.time() - started:5.0f}s] {key}: not reachable: {err}", flush=True)
+                        continue
                     cut = copy.deepcopy(base)
                     pfa.apply_recipe(cut, recipe, example_inputs=x, compensate_with=stats if arm.endswith("+comp") else None)
                     if arm == "scratch":  # the uniform architecture from random weights, the whole training budget
@@ -272,7 +283,7 @@ def run(args) -> dict:
                         cut_acc = accuracy(cut, dm)
                         update_bn(analysis, cut)
                         recal_acc = accuracy(cut, dm)
-                        train(cut, dm, epochs, args.lr * 0.2)
+                        train(cut, dm, epochs, args.lr * 0.2, teacher=base if arm.endswith("+kd") else None)
                     data["runs"][key] = {
                         "params": pfa.count_params(cut) / params0, "flops": pfa.count_flops(cut, x) / flops0,
                         "after_surgery": cut_acc, "after_recalibration": recal_acc, "final": accuracy(cut, dm),
@@ -387,7 +398,11 @@ def section(data: dict) -> list[str]:
            "`random` and `max_energy` use `footprint`'s widths; **`max_energy` is the library's default** "
            "(`pfa.Footprint(r, metric)` as shipped: MaxEnergy replaced AbsMax as the default selection on this "
            "evidence); `+comp`: the same cut with the removed units folded into "
-           "the kept ones by least squares (`apply_recipe(..., compensate_with=stats)`, where the path is linear). "
+           "the kept ones by least squares (`apply_recipe(..., compensate_with=stats)`, where the path is linear); "
+           "`per_space`: `footprint`'s widths, MaxEnergy where one layer writes a channel space and weight L1 where "
+           "several add into it (a residual stream); `skip`: `pfa.Footprint(r, metric)` with `coupled=\"skip\"` "
+           "(residual streams whole, the rest meets the budget); `max_energy+kd`: `max_energy`'s cut fine-tuned with "
+           "distillation from the full network (the callback's `distill=True`). "
            f"Verdict: the default (`{DEFAULT_ARM}`) against uniform and weight-L1, "
            "given from 3 seeds on: a win or a loss beyond the larger of the two arms' standard deviations, a tie "
            "within it. Training on this CPU is not bitwise reproducible, so read single cells with their spread.", ""]

@@ -32,10 +32,17 @@ def load_data(name: str, seed: int, data_dir: str, train_size: int | None = None
     return dm
 
 
-def train(model: nn.Module, dm, epochs: int, lr: float, eval_each_epoch: bool = False) -> list[float]:
-    """SGD + cosine over ``epochs``; returns the test accuracy after each epoch when asked."""
+def train(model: nn.Module, dm, epochs: int, lr: float, eval_each_epoch: bool = False,
+          teacher: nn.Module | None = None) -> list[float]:
+    """SGD + cosine over ``epochs``; returns the test accuracy after each epoch when asked. With a ``teacher``
+    the loss is the callback's distillation loss (``distill=True``: temperature 4, half the loss from the teacher)."""
     if epochs <= 0:
         return []
+    if teacher is not None:
+        from pfa_lightning.callback.distill import Distillation
+
+        settings = Distillation()
+        teacher.eval()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     loader = dm.train_dataloader()
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
@@ -44,7 +51,13 @@ def train(model: nn.Module, dm, epochs: int, lr: float, eval_each_epoch: bool = 
         model.train()
         for x, y in loader:
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = (1 - settings.weight) * loss + settings.weight * settings.loss(out, target)
+            loss.backward()
             opt.step()
             sched.step()
         if eval_each_epoch:
