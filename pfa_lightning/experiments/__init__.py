@@ -18,6 +18,20 @@ def _model_label(choice: str, name: str | None = None) -> str:
     return f"{choice}-{name}" if name else str(choice)
 
 
+def _strategy_label(choice: str, strategy: object = None) -> str:
+    """The run name's PFA part: the config choice, or the strategy really used when an override replaced it
+    (``pfa=kl pfa.strategy=uniform`` -> ``uniform``; ``pfa.strategy._target_=pfa_lightning.Energy`` -> ``energy``)."""
+    if isinstance(strategy, str):
+        used = strategy
+    elif hasattr(strategy, "get"):
+        used = str(strategy.get("_target_") or "").rsplit(".", 1)[-1]
+    else:
+        used = ""
+    return str(choice) if not used or used.lower() == str(choice).lower() else used.lower()
+
+
 # used by conf/config.yaml's `name` (and so by the output folder's name), for run.py, the pfa command and tests
 if not OmegaConf.has_resolver("pfa_model_label"):
     OmegaConf.register_new_resolver("pfa_model_label", _model_label)
+if not OmegaConf.has_resolver("pfa_strategy_label"):
+    OmegaConf.register_new_resolver("pfa_strategy_label", _strategy_label)

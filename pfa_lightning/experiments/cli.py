@@ -34,12 +34,20 @@ def experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
         if message is None:
             raise
         print(f"Error: {message}", file=sys.stderr)
-        logging.getLogger("pfa_lightning").error("Error: %s", message)  # into run.log too
+        _to_log_files(message)
         if HydraConfig.get().mode.name == "MULTIRUN":  # let the other jobs run; the sweep exits 1 at its end
             Path(HydraConfig.get().runtime.output_dir, "error.txt").write_text(message + "\n")
             return objective_values(cfg, None)  # NaN objectives: a sweeper records a failed trial and goes on
         sys.exit(1)
     return objective_values(cfg, results)
+
+
+def _to_log_files(message: str) -> None:
+    """The error into run.log too: to the file handlers only (Hydra's console handler would print it twice)."""
+    record = logging.LogRecord("pfa_lightning", logging.ERROR, __file__, 0, "Error: %s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def with_extras_checked(app):

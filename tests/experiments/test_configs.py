@@ -105,6 +105,17 @@ def test_a_latency_budget_comes_from_the_command_line_shortcuts():
     assert deeper.strategy == pfa.Footprint(0.25, metric="latency", depth=True)
 
 
+def test_the_uniform_baseline_is_a_choice_and_latency_options_given_to_another_metric_are_refused():
+    import pfa_lightning as pfa
+    from pfa_lightning.experiments.runner import _pfa_callback
+
+    assert _pfa_callback(composed("pfa=uniform"), datamodule=None).strategy == pfa.Uniform(0.5)
+    flops = _pfa_callback(composed("pfa=uniform", "pfa.metric=flops", "pfa.ratio=0.25"), datamodule=None)
+    assert flops.strategy == pfa.Uniform(0.25, metric="flops")
+    with pytest.raises(Exception, match=r"runtime only apply to metric='latency'.*not to metric='params'"):
+        instantiate(composed("pfa=footprint", "pfa.runtime=onnxruntime").pfa.strategy)
+
+
 def test_the_callbacks_group_adds_lightning_callbacks_and_refuses_a_second_pfa_callback():
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 

@@ -71,6 +71,7 @@ def test_an_interrupted_run_says_how_to_resume_and_a_failed_one_logs_its_error(t
     proc = _cli([*common, f"hydra.run.dir={failed}", "train.epochs=abc"], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "Error: `train.epochs` must be an integer >= 0, got 'abc'." in proc.stderr
+    assert (proc.stdout + proc.stderr).count("must be an integer >= 0, got 'abc'") == 1  # one line on the terminal
     assert "Error: `train.epochs` must be an integer >= 0, got 'abc'." in (failed / "run.log").read_text()
 
 
@@ -91,6 +92,27 @@ def test_the_run_name_carries_a_library_models_name():
         assert named.name == "torchvision-resnet18-digits-kl"
         HydraConfig.instance().set_config(plain)
         assert plain.name == "vgg16-digits-kl"
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("overrides, label", [
+    ([], "kl"), (["pfa=uniform"], "uniform"), (["pfa=kl", "pfa.strategy=uniform"], "uniform"),
+    (["pfa=kl", "pfa.strategy._target_=pfa_lightning.Energy", "+pfa.strategy.threshold=0.9"], "energy"),
+    (["pfa=footprint", "pfa.strategy=footprint"], "footprint"), (["pfa=none"], "none"),
+])
+def test_the_run_name_follows_the_strategy_really_used(overrides, label):
+    """``pfa=kl pfa.strategy=uniform`` runs Uniform: its folder and log say uniform, not kl."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from tests.experiments.test_experiments import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        assert cfg.name == f"vgg16-digits-{label}"
     GlobalHydra.instance().clear()
 
 
