@@ -43,9 +43,15 @@ def starved(k: int, spectrum: Spectrum, space: ChannelSpace) -> bool:
     return not spectrum.frozen and k < STARVED_UNITS and space.width >= STARVED_WIDTH
 
 
-def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list[Spectrum], strategy: Strategy) -> None:
-    """Warn when a decision leaves layers with a handful of units, or (a strategy that was not given a size)
-    keeps a tiny fraction of all the analysed units: the network would be near chance before fine-tuning."""
+def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list[Spectrum], strategy: Strategy,
+                    blocks: tuple[int, int] = (0, 0)) -> None:
+    """Warn when a decision leaves layers with a handful of units, (a strategy that was not given a size)
+    keeps a tiny fraction of all the analysed units, or removes every one of several residual blocks
+    (``blocks``: removed, candidates): the network would be near chance before fine-tuning."""
+    if blocks[0] == blocks[1] > 1:
+        warnings.warn(f"{strategy!r} removes every residual block ({blocks[0]} of {blocks[1]}): with fewer, the "
+                      "widths had no room within the target. A network without its blocks rarely keeps its "
+                      "accuracy; a larger ratio keeps some.", stacklevel=3)
     few = [f"{space.root} ({k} of {space.width})" for space, k, sp in zip(spaces, counts, spectra)
            if starved(k, sp, space)]
     if few:

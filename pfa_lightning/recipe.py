@@ -349,7 +349,7 @@ def make_recipe(
                 note = "too few samples: kept whole" if sp.frozen else f"only {k} kept" if starved(k, sp, space) else ""
                 diagnostics.update({"inactive": len(sp.inactive), "samples": sp.num_samples, **diag,
                                     **({"note": note} if note else {})})
-    warn_degenerate(spaces, decision.counts, spectra, strategy)
+    warn_degenerate(spaces, decision.counts, spectra, strategy, (len(removed_blocks), depth.get("candidates", 0)))
     layers: list[LayerRecipe] = []
     for p in (n for n, _ in model.named_modules() if n in removed):
         width = module_width(model.get_submodule(p))

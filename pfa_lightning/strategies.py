@@ -378,9 +378,10 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     Raises:
         PFAError: unknown name, or options that the strategy does not take / a value out of range.
     """
-    options = {k: v for k, v in options.items() if v is not None}
-    if isinstance(strategy, Strategy):
-        # an option that only repeats the instance's own value (a config's shortcut) is fine
+    target = REGISTRY.get(strategy.lower()) if isinstance(strategy, str) else strategy
+    options = {k: v for k, v in options.items()  # depth=False: a feature the strategy lacks or has off, turned off
+               if v is not None and not (k == "depth" and v is False and not getattr(target, "depth", False))}
+    if isinstance(strategy, Strategy):  # an option that only repeats the instance's own value is fine
         own = {**strategy.to_dict(), **({f.name: getattr(strategy, f.name) for f in dataclasses.fields(strategy)}
                                         if dataclasses.is_dataclass(strategy) else {})}
         differing = sorted(k for k, v in options.items() if own.get(k) != v)
@@ -390,11 +391,9 @@ def resolve_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     if not isinstance(strategy, str) or strategy.lower() not in REGISTRY:
         raise fail("strategy", f"one of {tuple(REGISTRY)} or a Strategy instance", strategy)
     cls = REGISTRY[strategy.lower()]
-    allowed = {f.name for f in dataclasses.fields(cls)}  # and a feature it lacks, turned off (depth=False for KL)
-    options = {k: v for k, v in options.items() if k in allowed or not (k == "depth" and v is False)}
+    allowed = {f.name for f in dataclasses.fields(cls)}
     extra = set(options) - allowed
     if extra:
-        raise PFAError(
-            f"Strategy {cls.name!r} takes {sorted(allowed) or 'no options'}, got unexpected {sorted(extra)}."
-        )
+        raise PFAError(f"Strategy {cls.name!r} takes {sorted(allowed) or 'no options'}, got unexpected "
+                       f"{sorted(extra)}.")
     return cls(**options)

@@ -133,8 +133,31 @@ def _pfa_callback(cfg: DictConfig, datamodule: Any) -> ExperimentPFACallback | N
         raise fail("pfa", f"a config whose keys are PFACallback's arguments {PFA_OPTIONS}; unknown keys", unknown)
     # the strategy object (conf/pfa/*.yaml interpolate the shortcuts pfa.ratio=... into it), a selection object...
     options = _instantiate(cfg.pfa, "A `pfa` setting could not be built")
+    _check_shortcuts(options)
     analysis = datamodule.analysis_dataloader() if hasattr(datamodule, "analysis_dataloader") else None
     return ExperimentPFACallback(datamodule=datamodule, dataloader=analysis, **options)
+
+
+SHORTCUTS = {"threshold": "energy", "ratio": "footprint", "metric": "footprint", "allocation": "footprint",
+             "runtime": "footprint", "batch_size": "footprint", "depth": "footprint"}  # pfa.<key> -> the variant it sets
+
+
+def _check_shortcuts(options: dict) -> None:
+    """A shortcut (``pfa.ratio=0.3``) the chosen variant's strategy does not take, named in the command line's words
+    (the library would say it only applies to a strategy given by name)."""
+    import dataclasses
+
+    strategy = options.get("strategy")
+    if isinstance(strategy, str) or not dataclasses.is_dataclass(strategy):
+        return
+    takes = {f.name for f in dataclasses.fields(strategy)}
+    stray = {k: options[k] for k in SHORTCUTS if options.get(k) is not None and k not in takes
+             and not (k == "depth" and options[k] is False)}
+    if stray:
+        given = " ".join(f"pfa.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in stray.items())
+        variants = " / ".join(sorted({f"pfa={SHORTCUTS[k]}" for k in stray}))
+        raise PFAError(f"{given} does not apply to {strategy!r}, which takes {sorted(takes) or 'no options'}: "
+                       f"choose the variant it sets ({variants}), e.g. {variants.split(' / ')[0]} {given}.")
 
 
 def _loggers(cfg: DictConfig, out: Path) -> list:

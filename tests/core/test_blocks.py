@@ -207,6 +207,20 @@ def test_depth_works_for_counted_footprints_too(metric):
     assert after <= 0.3 * full and after == recipe.summary["achieved"]
 
 
+def test_removing_every_block_is_said():
+    model, x = _resnet(), _data()
+    stats = _stats(model, x, blocks=True)
+    with pytest.warns(UserWarning, match=r"removes every residual block \(7 of 7\)"):
+        recipe = pfa.make_recipe(model, stats, pfa.Footprint(0.05, metric="flops", depth=True), example_inputs=x[:2])
+    assert len(recipe.blocks) == 7
+    with warnings.catch_warnings(record=True) as said:  # an unreachable target: the error, no word of blocks removed
+        warnings.simplefilter("always")
+        with pytest.raises(PFAError, match="out of reach"):
+            pfa.make_recipe(model, stats, pfa.Footprint(0.1, metric="latency", timer=OverheadTimer(), depth=True),
+                            example_inputs=x[:2])
+    assert not [w for w in said if "every residual block" in str(w.message)]
+
+
 def test_depth_needs_the_blocks_measured():
     model, x = _resnet(), _data()
     with pytest.raises(PFAError, match="blocks"):

@@ -49,7 +49,9 @@ def test_bad_values(make, match):
 
 
 def test_a_feature_a_strategy_lacks_may_be_turned_off_and_latency_options_at_their_defaults_pass():
-    assert pfa.resolve_strategy("kl", depth=False) == pfa.KL()
+    assert pfa.resolve_strategy("kl", depth=False) == pfa.KL() == pfa.resolve_strategy(pfa.KL(), depth=False)
+    with pytest.raises(pfa.PFAError, match=r"Options \['depth'\] only apply to a strategy given by name"):
+        pfa.resolve_strategy(pfa.Footprint(0.3, depth=True), depth=False)  # an instance's own choice is not overridden
     assert pfa.resolve_strategy("energy", threshold=0.9, depth=False) == pfa.Energy(0.9)
     assert pfa.Footprint(0.5, "flops", runtime="torch", batch_size=1).metric == "flops"  # a config's defaults
     assert pfa.Footprint(0.5, "latency", runtime="onnxruntime", batch_size=8).batch_size == 8

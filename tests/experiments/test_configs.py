@@ -116,6 +116,25 @@ def test_the_uniform_baseline_is_a_choice_and_latency_options_given_to_another_m
         instantiate(composed("pfa=footprint", "pfa.runtime=onnxruntime").pfa.strategy)
 
 
+@pytest.mark.parametrize("overrides, match", [
+    (["pfa=kl", "pfa.ratio=0.3"], r"pfa.ratio=0.3 does not apply to KL\(\), which takes no options: choose the "
+                                  r"variant it sets \(pfa=footprint\), e.g. pfa=footprint pfa.ratio=0.3."),
+    (["pfa=kl", "pfa.threshold=0.9"], r"pfa.threshold=0.9 does not apply to KL\(\).*e.g. pfa=energy pfa.threshold=0.9"),
+    (["pfa=energy", "pfa.metric=flops"], r"pfa.metric=flops does not apply to Energy\(threshold=0.95\), which takes "
+                                         r"\['threshold'\]"),
+    (["pfa=uniform", "pfa.depth=true"], r"pfa.depth=true does not apply to Uniform.*e.g. pfa=footprint pfa.depth=true"),
+])
+def test_a_shortcut_the_chosen_variant_does_not_take_is_named_in_the_command_lines_words(overrides, match):
+    from pfa_lightning import PFAError
+    from pfa_lightning.experiments.runner import _pfa_callback
+
+    with pytest.raises(PFAError, match=match):
+        _pfa_callback(composed(*overrides), datamodule=None)
+    import pfa_lightning as pfa
+
+    assert _pfa_callback(composed("pfa=kl", "pfa.depth=false"), datamodule=None).strategy == pfa.KL()
+
+
 def test_the_callbacks_group_adds_lightning_callbacks_and_refuses_a_second_pfa_callback():
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
