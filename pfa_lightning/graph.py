@@ -96,6 +96,20 @@ def _with_grad(inputs: Any) -> Any:
     return map_nested(inputs, lambda t: t.detach().clone().requires_grad_(True) if t.is_floating_point() else t)
 
 
+def _check_inputs_fit(model: nn.Module, example_inputs: Any, err: BaseException) -> None:
+    """Raise a PFAError when ``model`` cannot run on ``example_inputs`` (eval mode, no gradients) at all."""
+    try:
+        with torch.no_grad(), evaluating(model):
+            run_model(model, clone_inputs(example_inputs, 2))
+    except Exception as failed:
+        given = (f"a batch of shape {tuple(example_inputs.shape)}" if isinstance(example_inputs, torch.Tensor)
+                 else f"a {type(example_inputs).__name__}")
+        first = str(failed).strip().splitlines()[0] if str(failed).strip() else type(failed).__name__
+        raise PFAError(f"{type(model).__name__} cannot run on the inputs given ({given}): {first}. Give inputs "
+                       "shaped as its training batches (collect_responses: the data's batches; make_recipe, "
+                       "apply_recipe: example_inputs=).") from err
+
+
 class ModelGraph:
     """Channel spaces and response points of ``model``, traced on ``example_inputs``.
 
@@ -116,6 +130,9 @@ class ModelGraph:
                 )
         except MAPPING_ERRORS as err:
             raise PFAError(untraceable(model, self._names, err)) from err
+        except RuntimeError as err:  # the inputs may not fit the model at all: say so in its words, not torch's
+            _check_inputs_fit(model, example_inputs, err)
+            raise
         finally:
             state.restore_training_flags()
         self._used = False

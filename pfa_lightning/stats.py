@@ -261,6 +261,10 @@ def collect_responses(
     check_choice("pooling", pooling, POOLINGS)
     check_bool("blocks", blocks)
     check_max_samples(max_samples)
+    if isinstance(dataloader, torch.Tensor):  # iterating it would give single samples, not batches
+        raise PFAError(f"`dataloader` must be an iterable of batches (a DataLoader, or a list of tensors), got a "
+                       f"Tensor of shape {tuple(dataloader.shape)}: pass [x] for one batch, or "
+                       "DataLoader(TensorDataset(x), batch_size=...).")
     device = torch.device(device) if device is not None else model_device(model)
     iterator = iter(dataloader)
     try:

@@ -188,6 +188,17 @@ def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: b
     return str(file)
 
 
+def _holds_plain_data(path: Any) -> bool:
+    """Whether the local checkpoint ``path`` reads with ``weights_only=True`` (tensors and plain values only)."""
+    if "://" in str(path):
+        return False
+    try:
+        load_plain(Path(str(path)))
+    except Exception:  # noqa: BLE001 - objects weights_only refuses: Lightning's default decides, and warns
+        return False
+    return True
+
+
 def check_module_class(cls: Any, name: str = "module_class", shown: Any = None) -> type:
     """``cls`` if it is a LightningModule subclass (of pytorch_lightning or lightning.pytorch), else one PFAError
     naming the setting ``name`` and the value (``shown``, e.g. the text it came from, or ``cls``)."""
@@ -227,6 +238,8 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     check_module_class(module_class)
     if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
         check_checkpoint_file(checkpoint_path)
+        if kwargs.get("weights_only") is None and _holds_plain_data(checkpoint_path):
+            kwargs["weights_only"] = True  # tensors and plain values only: read safely, without Lightning's warning
     stage = ["read"]  # -> "build" (the class's __new__) -> "restore" (its on_load_checkpoint) -> "weights"
 
     def __new__(cls: type, *args: Any, **init_kwargs: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -172,9 +173,15 @@ def test_load_compressed_with_weights_of_other_names_is_one_line(tmp_path):
     assert isinstance(info.value, PFAError) and info.value.part == "weights"
 
 
-def test_load_compressed_of_the_right_class_still_loads_with_overrides(tmp_path):
+def test_load_compressed_of_the_right_class_still_loads_with_overrides(tmp_path, capfd, caplog):
     path = save(Plain(width=5), tmp_path / "plain.ckpt")
-    model = load_compressed(Plain, path, map_location="cpu")
+    capfd.readouterr()
+    caplog.clear()  # (saving it said so: Lightning's save_checkpoint)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model = load_compressed(Plain, path, map_location="cpu")
+    # plain data: read with weights_only=True, so Lightning has no "`weights_only` was not set" to say
+    assert "weights_only" not in "".join(capfd.readouterr()) + caplog.text + "".join(str(w.message) for w in said)
     assert type(model) is Plain and model.body.out_features == 5 and not model.training
     with pytest.raises(CheckpointMismatch, match="with your overrides of width"):
         load_compressed(Plain, path, width=0.5)

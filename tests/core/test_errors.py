@@ -139,3 +139,18 @@ def test_coupled_layers_must_agree():
     broken.layers = [l for l in broken.layers if l.name != "layer2.0.shortcut.0"]
     with pytest.raises(pfa.PFAError, match=r"'layer2.0.shortcut.0' shares its channels with"):
         pfa.apply_recipe(model, broken, example_inputs=x)
+
+
+def test_inputs_that_do_not_fit_the_model_are_named_not_left_to_torch():
+    model = build("simplecnn", width=0.25, in_channels=1, num_classes=10).train()
+    x = torch.randn(8, 1, 32, 32)
+    with pytest.raises(pfa.PFAError, match=r"`dataloader` must be an iterable of batches .* got a Tensor of shape "
+                                           r"\(8, 1, 32, 32\): pass \[x\] for one batch"):
+        pfa.collect_responses(model, x, progress=False)
+    with pytest.raises(pfa.PFAError, match=r"SimpleCNN cannot run on the inputs given \(a batch of shape "
+                                           r"\(4, 3, 32, 32\)\): Given groups=1.*example_inputs="):
+        pfa.collect_responses(model, [torch.zeros(4, 3, 32, 32)], progress=False)
+    stats = pfa.collect_responses(model, [x], progress=False)
+    with pytest.raises(pfa.PFAError, match=r"SimpleCNN cannot run on the inputs given \(a batch of shape \(2, 1, 8, 8\)\)"):
+        pfa.make_recipe(model, stats, pfa.KL(), example_inputs=torch.zeros(2, 1, 8, 8))
+    assert model.training and all(m.training for m in model.modules())  # the check left the modes as they were
