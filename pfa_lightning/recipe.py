@@ -146,8 +146,9 @@ class Recipe:
         name = self.strategy.get("name", "?")
         options = ", ".join(f"{k}={v}" for k, v in self.strategy.items() if k != "name")
         table = Table(title=title or f"PFA recipe: {name}{f' ({options})' if options else ''}, selection={self.selection}")
-        for col, kw in (("layer", {}), ("group", {}), ("units", {"justify": "right"}), ("kept", {"justify": "right"}),
-                        ("kept %", {"justify": "right"}), ("inactive", {"justify": "right"}), ("diagnostic", {})):
+        fold, right = {"overflow": "fold"}, {"justify": "right"}  # names wrap whole, never cut to "net.blocks.0…"
+        for col, kw in (("layer", fold), ("group", fold), ("units", right), ("kept", right), ("kept %", right),
+                        ("inactive", right), ("diagnostic", {})):
             table.add_column(col, **kw)
         describe = REGISTRY.get(name, Strategy).describe  # the strategy's own words; a generic reading if unknown
         for layer in self.layers:

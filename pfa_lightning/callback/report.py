@@ -55,7 +55,10 @@ def print_compression(entry: Compression, count: int, metrics: dict[str, float])
     from rich.console import Console
 
     when = f"after epoch {entry.epoch}" if entry.epoch else "before training"
-    Console().print(entry.recipe.table(title=f"PFA compression {count} {when}"))
+    console = Console()
+    if not console.is_terminal:  # a log file or a pipe: no terminal's width to fit, so no name cut short
+        console = Console(width=max(console.width, 160))
+    console.print(entry.recipe.table(title=f"PFA compression {count} {when}"))
     accuracy = ""
     if "pfa/acc_before" in metrics and "pfa/acc_after" in metrics:
         recalibrated = entry.recalibrated

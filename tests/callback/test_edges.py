@@ -333,3 +333,25 @@ def test_prompt_sigterm_respects_an_ignored_signal_and_restores_the_handler():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_the_recipe_table_never_cuts_a_layer_name_short(capsys):
+    """In a narrow terminal names wrap whole; printed to a pipe or a log (no terminal), the table is wide."""
+    from pfa_lightning.callback.record import Compression
+    from pfa_lightning.callback.report import print_compression
+
+    net = torch.nn.Sequential()
+    net.add_module("a_rather_long_block_name_conv1", torch.nn.Linear(6, 16))
+    net.add_module("relu", torch.nn.ReLU())
+    net.add_module("a_rather_long_block_name_conv2", torch.nn.Linear(16, 2))
+    x = torch.randn(64, 6)
+    stats = pfa.collect_responses(net, [x], progress=False)
+    recipe = pfa.make_recipe(net, stats, pfa.Energy(0.9), example_inputs=x[:2])
+    console = Console(width=50, file=io.StringIO(), record=True)
+    console.print(recipe.table())
+    cells = "".join(line.split("│")[1].strip() for line in console.export_text().splitlines() if line.count("│") > 2)
+    assert "a_rather_long_block_name_conv1" in cells and "…" not in console.export_text()
+    capsys.readouterr()
+    print_compression(Compression(1, 10, recipe, 100, 50, 1000, 500), 1,
+                      {"pfa/params_ratio": 0.5, "pfa/flops_ratio": 0.5})
+    assert "a_rather_long_block_name_conv1" in capsys.readouterr().out
