@@ -13,9 +13,12 @@ from pfa_lightning.validation import listed
 
 
 def warn_nothing_cut(graph: ModelGraph, spectra: list[Spectrum], broken: Mapping[str, str], stats: ResponseStats,
-                     min_units: int, coupled: str) -> None:
+                     min_units: int, coupled: str, strategy: Strategy | None = None) -> None:
     """Say why a recipe cuts nothing, with counts: which channel spaces were never candidates, and why."""
     spaces = graph.spaces
+    sized = strategy is not None and (strategy.probe_metric is not None or getattr(strategy, "ratio", None) is not None)
+    whole = (f"kept whole by {strategy!r} (its target holds every unit)" if sized
+             else "kept whole by the strategy (their spectra call for every unit)")
     floor = sum(not sp.frozen and min_units >= sp.units for sp in spectra)
     reasons = {
         "fenced (a reshape -> permute -> reshape)": sum(s.fenced for s in spaces),
@@ -28,7 +31,7 @@ def warn_nothing_cut(graph: ModelGraph, spectra: list[Spectrum], broken: Mapping
         "broken by a trial cut (a width hard-coded in the model)": len(broken),
         "with fewer samples than units": sum(sp.frozen for sp in spectra),
         f"kept whole by min_units={min_units}": floor,
-        "kept whole by the strategy (their spectra call for every unit)": sum(not sp.frozen for sp in spectra) - floor,
+        whole: sum(not sp.frozen for sp in spectra) - floor,
     }
     counts = "; ".join(f"{n} {why}" for why, n in reasons.items() if n)
     warnings.warn(f"The recipe cuts nothing: of the model's {len(spaces)} channel spaces, {counts}.", stacklevel=3)

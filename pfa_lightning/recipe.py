@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from pfa_lightning.activations import UNKNOWN_NOTE
+from pfa_lightning.blocks import residual_blocks
 from pfa_lightning.diagnosis import starved, warn_degenerate, warn_nothing_cut
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import probe_for
@@ -23,7 +24,7 @@ from pfa_lightning.progress import progress_bar
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
-from pfa_lightning.strategies import REGISTRY, Strategy, resolve_strategy
+from pfa_lightning.strategies import DEPTH_HINT, REGISTRY, Strategy, resolve_strategy
 from pfa_lightning.validation import check_choice, check_int, fail, listed
 
 COUPLED_MODES = ("joint", "skip")
@@ -331,9 +332,14 @@ def make_recipe(
             measured.verify = probe.verify  # type: ignore[attr-defined]
         if probe is not None:
             measured.full = probe.full  # type: ignore[attr-defined]  # what a ratio is of
-        decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
+        try:
+            decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
+        except PFAError as err:  # "or depth=True" only where there are residual blocks to remove
+            if DEPTH_HINT in str(err) and not residual_blocks(model, example_inputs):
+                raise PFAError(str(err).replace(DEPTH_HINT, "")) from None
+            raise
     if all(k >= sp.units for k, sp in zip(decision.counts, spectra)) and not removed_blocks:
-        warn_nothing_cut(graph, spectra, broken, stats, min_units, coupled)
+        warn_nothing_cut(graph, spectra, broken, stats, min_units, coupled, strategy)
 
     # one entry per producer; a producer spanning several spaces (added to a concatenation) merges them
     removed: dict[str, set[int]] = {}

@@ -277,8 +277,11 @@ def test_a_recipe_that_cuts_nothing_says_why_and_long_steps_show_progress(capsys
         recipe = pfa.make_recipe(net, stats, pfa.KL(), example_inputs=x[:2], min_units=8, progress=True)
     assert all(layer.kept == layer.original for layer in recipe.layers)
     assert "PFA trial cuts" in capsys.readouterr().out
-    with pytest.warns(UserWarning, match=r"cuts nothing: .* 1 reaching the model output; 2 kept whole by the strategy"):
+    with pytest.warns(UserWarning, match=r"cuts nothing: .* 1 reaching the model output; 2 kept whole by Uniform\("
+                                         r"ratio=1.0, .*\) \(its target holds every unit\)"):
         pfa.make_recipe(net, stats, pfa.Uniform(ratio=1.0), example_inputs=x[:2])
+    with pytest.warns(UserWarning, match=r"2 kept whole by Footprint\(ratio=1.0, .*\) \(its target holds every unit\)"):
+        pfa.make_recipe(net, stats, pfa.Footprint(1.0), example_inputs=x[:2])
     recipe = pfa.make_recipe(net, stats, pfa.Footprint(0.6), example_inputs=x[:2], progress=True)
     assert "PFA measuring candidate networks (params)" in capsys.readouterr().out
 

@@ -236,6 +236,11 @@ def test_depth_needs_the_blocks_measured():
         recipe = pfa.make_recipe(vgg, _stats(vgg, many, blocks=True), pfa.Footprint(0.3, depth=True),
                                  example_inputs=x[:2])
     assert recipe.blocks == [] and recipe.summary["achieved_ratio"] <= 0.3
+    with pytest.raises(PFAError, match="out of reach") as unreachable:  # no block to remove: no word of depth=True
+        _quiet(pfa.make_recipe, vgg, _stats(vgg, many), pfa.Footprint(0.001), example_inputs=x[:2], min_units=8)
+    assert "depth" not in str(unreachable.value)
+    with pytest.raises(PFAError, match=r"out of reach.*, or depth=True \(residual blocks go too\)"):
+        _quiet(pfa.make_recipe, model, _stats(model, x), pfa.Footprint(0.001), example_inputs=x[:2], min_units=8)
     assert "depth" not in pfa.Footprint(0.3).to_dict()
 
 
