@@ -27,6 +27,7 @@ def experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
 
     from pfa_lightning.experiments.runner import objective_values, run, user_error_message
 
+    logging.captureWarnings(True)  # warnings into run.log too, through Hydra's handlers (printed once, as log lines)
     try:
         results = run(cfg)
     except Exception as err:
@@ -39,6 +40,8 @@ def experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
             Path(HydraConfig.get().runtime.output_dir, "error.txt").write_text(message + "\n")
             return objective_values(cfg, None)  # NaN objectives: a sweeper records a failed trial and goes on
         sys.exit(1)
+    finally:
+        logging.captureWarnings(False)
     return objective_values(cfg, results)
 
 

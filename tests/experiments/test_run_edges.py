@@ -75,6 +75,19 @@ def test_an_interrupted_run_says_how_to_resume_and_a_failed_one_logs_its_error(t
     assert "Error: `train.epochs` must be an integer >= 0, got 'abc'." in (failed / "run.log").read_text()
 
 
+def test_a_runs_warnings_reach_its_log_file(tmp_path):
+    from tests.experiments.test_experiments import _cli
+
+    out = tmp_path / "run"
+    proc = _cli(["dataset=synthetic", "dataset.num_samples=64", "model=simplecnn", "model.width=0.25", "logger=none",
+                 "pfa=footprint", "pfa.ratio=0.5", "pfa.depth=true", "pfa.max_samples=64", "train.epochs=1",
+                 "train.finetune_epochs=0", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = "has no residual block PFA can remove"
+    assert said in (out / "run.log").read_text()
+    assert (proc.stdout + proc.stderr).count(said) == 1  # on the terminal once
+
+
 def test_the_run_name_carries_a_library_models_name():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
