@@ -15,7 +15,8 @@ from pfa_lightning.footprint import count_flops, count_params
 from pfa_lightning.layers import register_layer, unregister_layer
 from pfa_lightning.recalibration import recalibrate_batchnorm
 from pfa_lightning.recipe import LayerRecipe, Recipe, make_recipe, spectra_of
-from pfa_lightning.selection import SELECTIONS, AbsMax, L1Max, MaxEnergy, Random, Selection, WeightL1, select_units
+from pfa_lightning.selection import (SELECTIONS, AbsMax, L1Max, MaxEnergy, PerSpace, Random, Selection, WeightL1,
+                                     select_units)
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import LayerStats, ResponseStats, collect_responses
 from pfa_lightning.strategies import KL, Energy, Footprint, Strategy, Uniform, resolve_strategy
@@ -37,7 +38,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "KL", "SELECTIONS", "AbsMax", "Energy", "Footprint", "L1Max", "LayerRecipe", "LayerStats", "MaxEnergy", "PFACallback", "PFAError",
+    "KL", "SELECTIONS", "AbsMax", "Energy", "Footprint", "L1Max", "LayerRecipe", "LayerStats", "MaxEnergy", "PerSpace", "PFACallback", "PFAError",
     "Random", "Recipe", "ResponseStats", "Selection", "Spectrum", "Strategy", "Uniform", "WeightL1", "apply_recipe",
     "collect_responses", "count_flops", "count_params", "load_compressed", "make_recipe", "one_trace", "recalibrate_batchnorm", "register_layer",
     "resolve_strategy", "select_units", "spectra_of", "unregister_layer",

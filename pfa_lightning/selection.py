@@ -15,6 +15,9 @@ and the baselines :class:`WeightL1` and :class:`Random`; the names ``"max_energy
 For the correlation-based two, ties (``np.isclose``) are broken exactly as Apple's DNIKit reference does
 (its quirks included), so their recipes equal the reference implementation's.
 
+- ``per_space``: MaxEnergy in a channel space one layer writes, weight L1 in one several layers add into (a
+  residual stream), where the pooled responses describe the stream poorly (:class:`PerSpace`).
+
 Baselines that ignore the responses, for comparisons at the same widths:
 
 - ``weight_l1``: keep the units whose filters have the largest L1 norm (Li et al. 2017);
@@ -238,7 +241,38 @@ class Random(Selection):
         return np.sort(rng.choice(spectrum.units, size=keep, replace=False))
 
 
-SELECTIONS: dict[str, type[Selection]] = {cls.name: cls for cls in (AbsMax, L1Max, MaxEnergy, WeightL1, Random)}
+@dataclass(frozen=True)
+class PerSpace(Selection):
+    """One selection where a single layer writes a channel space, another where several layers do (a coupled
+    space: a residual stream, which every block of a stage reads and adds into; a depthwise convolution and the
+    layer before it). ``single`` and ``coupled`` are selections or their names.
+
+    The default pairs MaxEnergy with weight L1: in a residual stream the pooled responses of the members describe
+    the stream poorly (each member adds one part of it), and on Fashion-MNIST's ResNet-20 weight L1 chose better
+    stream channels there, while MaxEnergy chose better ones in single spaces (BENCHMARKS.md). On a plain network
+    (no coupled space) it is MaxEnergy.
+
+    Example:
+        >>> make_recipe(model, stats, Footprint(0.25), example_inputs=x, selection=pfa.PerSpace(coupled="l1_max"))
+    """
+
+    single: Any = "max_energy"
+    coupled: Any = "weight_l1"
+    name: ClassVar[str] = "per_space"
+
+    def __post_init__(self) -> None:
+        for key in ("single", "coupled"):  # an unknown name is refused here, not at the first space of its kind
+            value = getattr(self, key)
+            if not (isinstance(value, str) and value in SELECTIONS) and (isinstance(value, (str, type)) or
+                                                                          not callable(value)):
+                raise fail(f"PerSpace.{key}", f"one of {tuple(SELECTIONS)} or a selection callable", value)
+
+    def __call__(self, spectrum: Spectrum, keep: int, weights: Sequence[Tensor]) -> np.ndarray:
+        return resolve_selection(self.coupled if len(weights) > 1 else self.single)(spectrum, keep, weights)
+
+
+SELECTIONS: dict[str, type[Selection]] = {cls.name: cls for cls in (AbsMax, L1Max, MaxEnergy, WeightL1, Random,
+                                                                    PerSpace)}
 SelectionLike = Union[str, Selection, Callable[[Spectrum, int, Sequence[Tensor]], np.ndarray]]
 
 

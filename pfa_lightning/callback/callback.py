@@ -70,8 +70,8 @@ class PFACallback(Evaluation, Callback):
         threshold: energy kept, for ``"energy"``.
         ratio, metric, allocation, runtime, batch_size, depth: for ``"footprint"``, its target (``ratio`` of the
             ``"params"``, ``"flops"`` or ``"latency"`` on ``runtime`` at ``batch_size``), ``allocation``, ``depth``.
-        selection: which units to keep: ``"max_energy"`` (the default), ``"abs_max"`` (the paper's), ``"l1_max"``, the baselines
-            ``"weight_l1"`` / ``"random"``, or a selection object (``pfa.Random(seed=1)``, your own callable).
+        selection: which units to keep: ``"max_energy"`` (the default), ``"abs_max"`` (the paper's), ``"l1_max"``,
+            ``"per_space"``, ``"weight_l1"`` / ``"random"``, or a selection object (``pfa.Random(seed=1)``, yours).
         dataloader: analysis data (e.g. a target domain); default: the train dataloader's dataset.
         max_samples: analyse a seeded random subset of this many samples (None: all of them).
         pooling: spatial reduction of conv responses, ``"max"`` or ``"avg"``.

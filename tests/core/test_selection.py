@@ -25,7 +25,7 @@ def analysed():
 
 @pytest.mark.parametrize("name, selection", [
     ("abs_max", pfa.AbsMax()), ("l1_max", pfa.L1Max()), ("max_energy", pfa.MaxEnergy()), ("weight_l1", pfa.WeightL1()),
-    ("random", pfa.Random(seed=0)),
+    ("random", pfa.Random(seed=0)), ("per_space", pfa.PerSpace()),
 ])
 def test_names_and_objects_give_the_same_recipe(analysed, name, selection):
     model, x, stats = analysed
@@ -84,7 +84,7 @@ def test_random_selection_object_is_seeded(analysed):
     (lambda spectrum, keep, weights: [0] * keep, r"Selection <lambda> returned \[0, 0.*expected \d+ distinct unit"),
     (lambda spectrum, keep, weights: np.arange(keep) + 10_000, r"expected \d+ distinct unit indices in \[0, \d+\)"),
     (pfa.Random, r"`selection` must be one of .* or a selection callable"),  # the class, not an instance
-    (3, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random'\).*got 3"),
+    (3, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random', 'per_space'\).*got 3"),
 ])
 def test_bad_selections_are_refused(analysed, selection, match):
     model, x, stats = analysed
@@ -109,3 +109,53 @@ def test_max_energy_keeps_what_explains_the_most_variance():
     assert select(spectrum, 2, []).tolist() in ([0, 2], [1, 2])
     assert 4 not in select(spectrum, 4, []).tolist()  # the silent unit only when nothing else is left
     assert select(spectrum, 5, []).tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def residual():
+    torch.manual_seed(0)
+    model = build("resnet20", width=0.5).eval()
+    x = torch.randn(128, 3, 16, 16)
+    stats = pfa.collect_responses(model, DataLoader(TensorDataset(x), batch_size=64), progress=False)
+    return model, x[:2], stats
+
+
+def test_per_space_takes_weight_l1_in_a_residual_stream_and_max_energy_elsewhere(residual):
+    model, x, stats = residual
+    strategy = pfa.Footprint(0.4)
+    recipes = {name: pfa.make_recipe(model, stats, strategy, example_inputs=x, selection=name)
+               for name in ("per_space", "max_energy", "weight_l1")}
+    kept = {name: {layer.name: layer.kept_indices for layer in r} for name, r in recipes.items()}
+    coupled = {layer.name for layer in recipes["per_space"] if "+" in layer.group or any(
+        other.group == layer.group and other.name != layer.name for other in recipes["per_space"])}
+    assert coupled and len(coupled) < len(kept["per_space"])  # the streams, and single spaces besides
+    for name, indices in kept["per_space"].items():
+        assert indices == kept["weight_l1" if name in coupled else "max_energy"][name], name
+    assert kept["per_space"] != kept["max_energy"] and kept["per_space"] != kept["weight_l1"]
+    again = pfa.make_recipe(model, stats, strategy, example_inputs=x, selection=pfa.PerSpace())
+    assert again.to_dict() == recipes["per_space"].to_dict()  # deterministic
+    assert recipes["per_space"].selection == "per_space(single='max_energy', coupled='weight_l1')"
+    other = pfa.make_recipe(model, stats, strategy, example_inputs=x, selection=pfa.PerSpace(coupled="l1_max"))
+    assert {l.name: l.kept_indices for l in other if l.name in coupled} == {
+        l.name: l.kept_indices for l in pfa.make_recipe(model, stats, strategy, example_inputs=x, selection="l1_max")
+        if l.name in coupled}
+
+
+def test_per_space_breaks_ties_by_the_lower_index_in_both_kinds_of_space():
+    spectrum = pfa.Spectrum("s", np.eye(6), 100)  # every unit alike
+    same = torch.ones(6, 3)
+    select = pfa.PerSpace()
+    assert select(spectrum, 3, [same]).tolist() == [0, 1, 2]  # single: MaxEnergy's ties
+    assert select(spectrum, 3, [same, same]).tolist() == [0, 1, 2]  # coupled: weight L1's ties
+    louder = same.clone()
+    louder[5] *= 2
+    assert select(spectrum, 3, [louder, same]).tolist() == [0, 1, 5]  # coupled: the larger filters
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"coupled": "foo"}, r"`PerSpace.coupled` must be one of \('abs_max', .*got 'foo'"),
+    ({"single": pfa.MaxEnergy}, r"`PerSpace.single` must be one of .* or a selection callable, got <class"),
+])
+def test_per_space_refuses_an_unknown_selection_at_once(kwargs, match):
+    with pytest.raises(pfa.PFAError, match=match):
+        pfa.PerSpace(**kwargs)
