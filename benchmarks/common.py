@@ -112,12 +112,19 @@ def machine() -> str:
 def save_json(path: Path, data: dict) -> None:
     """Write ``data`` to ``path`` atomically (a temporary file renamed over it): an interrupted run never leaves
     half a results file."""
-    import json
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(to_json(data))
     tmp.replace(path)
+
+
+def to_json(data: dict) -> str:
+    """Indented JSON with every list of numbers on one line (a recipe's kept indices would take a line each)."""
+    import json
+    import re
+
+    return re.sub(r"\[\s+(-?[\d.eE+-]+(?:,\s+-?[\d.eE+-]+)*)\s+\]",
+                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", json.dumps(data, indent=1))
 
 
 def run_or_render(args, raw: Path, run, section) -> None:
