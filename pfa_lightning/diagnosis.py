@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from typing import Any, Mapping
+
+from torch import nn
+
+from pfa_lightning.blocks import residual_blocks
+from pfa_lightning.errors import PFAError
 
 from pfa_lightning.graph import ChannelSpace, ModelGraph
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats
-from pfa_lightning.strategies import Strategy
+from pfa_lightning.strategies import DEPTH_HINT, Strategy
 from pfa_lightning.validation import listed
 
 
@@ -68,4 +73,15 @@ def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list
                       "size you want with Footprint(ratio) if that is not intended.", stacklevel=3)
 
 
-__all__ = ["STARVED_UNITS", "STARVED_WIDTH", "TINY_FRACTION", "starved", "warn_degenerate", "warn_nothing_cut"]
+def depth_hint_checked(err: PFAError, model: nn.Module, example_inputs: Any) -> PFAError:
+    """``err`` without its suggestion of ``depth=True`` where ``model`` has no residual block to remove."""
+    if DEPTH_HINT not in str(err):
+        return err
+    try:
+        found = residual_blocks(model, example_inputs)
+    except Exception:  # noqa: BLE001 - the model cannot be searched: the hint may still help
+        return err
+    return err if found else PFAError(str(err).replace(DEPTH_HINT, ""))
+
+
+__all__ = ["STARVED_UNITS", "depth_hint_checked", "STARVED_WIDTH", "TINY_FRACTION", "starved", "warn_degenerate", "warn_nothing_cut"]

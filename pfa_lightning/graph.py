@@ -23,7 +23,7 @@ from pfa_lightning.activations import UNKNOWN_NOTE, Activation, activation_of, u
 from pfa_lightning.errors import PFAError
 from pfa_lightning.layers import (attention_kind, channel_groups, customized_pruners, heads_of, layer_kind, layer_types,
                                   unit_count)
-from pfa_lightning.nested import clone_inputs, map_nested, run_model
+from pfa_lightning.nested import check_inputs_fit, clone_inputs, map_nested, run_model
 from pfa_lightning.pruning import tp
 from pfa_lightning.reshapes import MAPPING_ERRORS, FencedGraph, crosses_fence, untraceable
 from pfa_lightning.state import ModelState, evaluating
@@ -96,20 +96,6 @@ def _with_grad(inputs: Any) -> Any:
     return map_nested(inputs, lambda t: t.detach().clone().requires_grad_(True) if t.is_floating_point() else t)
 
 
-def _check_inputs_fit(model: nn.Module, example_inputs: Any, err: BaseException) -> None:
-    """Raise a PFAError when ``model`` cannot run on ``example_inputs`` (eval mode, no gradients) at all."""
-    try:
-        with torch.no_grad(), evaluating(model):
-            run_model(model, clone_inputs(example_inputs, 2))
-    except Exception as failed:
-        given = (f"a batch of shape {tuple(example_inputs.shape)}" if isinstance(example_inputs, torch.Tensor)
-                 else f"a {type(example_inputs).__name__}")
-        first = str(failed).strip().splitlines()[0] if str(failed).strip() else type(failed).__name__
-        raise PFAError(f"{type(model).__name__} cannot run on the inputs given ({given}): {first}. Give inputs "
-                       "shaped as its training batches (collect_responses: the data's batches; make_recipe, "
-                       "apply_recipe: example_inputs=).") from err
-
-
 class ModelGraph:
     """Channel spaces and response points of ``model``, traced on ``example_inputs``.
 
@@ -120,6 +106,7 @@ class ModelGraph:
         self.model = model
         self._names = {m: n for n, m in model.named_modules()}
         state = ModelState(model)
+        hooks = {m: set(m._forward_hooks) for m in model.modules()}  # Torch-Pruning's, left behind by a failed trace
         try:
             with torch.enable_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -131,10 +118,13 @@ class ModelGraph:
         except MAPPING_ERRORS as err:
             raise PFAError(untraceable(model, self._names, err)) from err
         except RuntimeError as err:  # the inputs may not fit the model at all: say so in its words, not torch's
-            _check_inputs_fit(model, example_inputs, err)
+            check_inputs_fit(model, example_inputs, err)
             raise
         finally:
             state.restore_training_flags()
+            for module, own in hooks.items():
+                for key in set(module._forward_hooks) - own:
+                    del module._forward_hooks[key]
         self._used = False
         self._example = clone_inputs(example_inputs, 2)
 

@@ -59,8 +59,9 @@ def check_timing(runtime: Any, batch_size: Any, metric: str = "latency", timer: 
         given = [name for name, value, default in (("runtime", runtime, "torch"), ("batch_size", batch_size, 1),
                                                    ("timer", timer, None)) if value != default]
         if given:
-            raise PFAError(f"{', '.join(given)} only apply to metric='latency' (a time is measured), not to "
-                           f"metric={metric!r}: give metric='latency' or leave them out.")
+            raise PFAError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to metric='latency' "
+                           f"(a time is measured), not to metric={metric!r}: give metric='latency' or leave "
+                           f"{'it' if len(given) == 1 else 'them'} out.")
 
 
 def median_time(run: Callable[[], Any], warmup: int = 2, repeats: int = 7, min_seconds: float = 0.2) -> float:

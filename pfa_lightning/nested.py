@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pfa_lightning.errors import PFAError
 from pfa_lightning.validation import is_int
@@ -143,5 +144,35 @@ def first_input(batch: Any) -> Any:
     )
 
 
-__all__ = ["batch_size", "call_arguments", "clone_inputs", "first_input", "map_nested", "model_inputs", "run_model",
-           "takes_one_dict", "tensors_in"]
+_SHAPE_WORDS = re.compile(r"shape|size|channels|dimension|Expected \d+D|expected input", re.IGNORECASE)
+
+
+def _shape_error(err: BaseException) -> bool:
+    return (isinstance(err, RuntimeError) and not isinstance(err, (NotImplementedError, _OUT_OF_MEMORY))
+            and bool(_SHAPE_WORDS.search(str(err))))
+
+
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def check_inputs_fit(model: nn.Module, example_inputs: Any, err: BaseException) -> None:
+    """Raise a PFAError when ``model`` fails on ``example_inputs`` (eval mode, no gradients) with a shape error:
+    inputs that do not fit it. Any other failure (a missing ``forward``, memory) is left to its own traceback."""
+    if not _shape_error(err):
+        return
+    from pfa_lightning.state import evaluating
+
+    try:
+        with torch.no_grad(), evaluating(model):  # (restores every module's mode)
+            run_model(model, clone_inputs(example_inputs, 2))
+    except RuntimeError as failed:
+        if not _shape_error(failed):
+            return
+        given = map_nested(example_inputs, lambda t: tuple(t.shape))
+        first = str(failed).strip().splitlines()[0]
+        raise PFAError(f"{type(model).__name__} fails on the inputs it was given (shapes {given}): {first}. Give "
+                       "inputs shaped as its training batches.") from err
+
+
+__all__ = ["batch_size", "call_arguments", "check_inputs_fit", "clone_inputs", "first_input", "map_nested",
+           "model_inputs", "run_model", "takes_one_dict", "tensors_in"]

@@ -11,8 +11,7 @@ import numpy as np
 from torch import nn
 
 from pfa_lightning.activations import UNKNOWN_NOTE
-from pfa_lightning.blocks import residual_blocks
-from pfa_lightning.diagnosis import starved, warn_degenerate, warn_nothing_cut
+from pfa_lightning.diagnosis import depth_hint_checked, starved, warn_degenerate, warn_nothing_cut
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import probe_for
 from pfa_lightning.candidates import uncuttable_spaces
@@ -24,7 +23,7 @@ from pfa_lightning.progress import progress_bar
 from pfa_lightning.selection import SelectionLike, resolve_selection, select_units, selection_name
 from pfa_lightning.spectrum import Spectrum
 from pfa_lightning.stats import ResponseStats, pooled_covariance, warn_small
-from pfa_lightning.strategies import DEPTH_HINT, REGISTRY, Strategy, resolve_strategy
+from pfa_lightning.strategies import REGISTRY, Strategy, resolve_strategy
 from pfa_lightning.validation import check_choice, check_int, fail, listed
 
 COUPLED_MODES = ("joint", "skip")
@@ -335,9 +334,9 @@ def make_recipe(
         try:
             decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
         except PFAError as err:  # "or depth=True" only where there are residual blocks to remove
-            if DEPTH_HINT in str(err) and not residual_blocks(model, example_inputs):
-                raise PFAError(str(err).replace(DEPTH_HINT, "")) from None
-            raise
+            if (checked := depth_hint_checked(err, model, example_inputs)) is err:
+                raise
+            raise checked from None
     if all(k >= sp.units for k, sp in zip(decision.counts, spectra)) and not removed_blocks:
         warn_nothing_cut(graph, spectra, broken, stats, min_units, coupled, strategy)
 

@@ -1,8 +1,9 @@
 """Which units to keep, given how many.
 
 Selections are objects (like strategies): :class:`MaxEnergy` (the default), :class:`AbsMax`, :class:`L1Max`,
-and the baselines :class:`WeightL1` and :class:`Random`; the names ``"max_energy"``, ``"abs_max"``,
-``"l1_max"``, ``"weight_l1"``, ``"random"`` resolve to them. Inactive units always go first. Then:
+:class:`PerSpace`, and the baselines :class:`WeightL1` and :class:`Random`; the names ``"max_energy"``,
+``"abs_max"``, ``"l1_max"``, ``"per_space"``, ``"weight_l1"``, ``"random"`` resolve to them. Inactive units always
+go first. Then:
 
 - ``max_energy`` (the default): keep, one at a time, the unit with the most response variance left
   unexplained by the units already kept (pivoted Cholesky on the covariance). On Fashion-MNIST it keeps
@@ -277,8 +278,8 @@ SelectionLike = Union[str, Selection, Callable[[Spectrum, int, Sequence[Tensor]]
 
 
 def resolve_selection(selection: SelectionLike) -> Callable[[Spectrum, int, Sequence[Tensor]], np.ndarray]:
-    """A selection object from a name (``max_energy``, ``abs_max``, ``l1_max``, ``weight_l1``, ``random``) or a
-    callable."""
+    """A selection object from a name (``max_energy``, ``abs_max``, ``l1_max``, ``per_space``, ``weight_l1``,
+    ``random``) or a callable."""
     if isinstance(selection, str) and selection in SELECTIONS:
         return SELECTIONS[selection]()
     if callable(selection) and not isinstance(selection, (str, type)):
@@ -332,5 +333,5 @@ def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "max_
     return np.sort(kept)
 
 
-__all__ = ["AbsMax", "L1Max", "MaxEnergy", "Random", "SELECTIONS", "Selection", "WeightL1", "resolve_selection", "select_units",
-           "selection_name"]
+__all__ = ["AbsMax", "L1Max", "MaxEnergy", "PerSpace", "Random", "SELECTIONS", "Selection", "WeightL1",
+           "resolve_selection", "select_units", "selection_name"]

@@ -238,7 +238,8 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     check_module_class(module_class)
     if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
         check_checkpoint_file(checkpoint_path)
-        if kwargs.get("weights_only") is None and _holds_plain_data(checkpoint_path):
+        takes = "weights_only" in inspect.signature(module_class.load_from_checkpoint).parameters  # Lightning >= 2.6
+        if takes and kwargs.get("weights_only") is None and _holds_plain_data(checkpoint_path):
             kwargs["weights_only"] = True  # tensors and plain values only: read safely, without Lightning's warning
     stage = ["read"]  # -> "build" (the class's __new__) -> "restore" (its on_load_checkpoint) -> "weights"
 

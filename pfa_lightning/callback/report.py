@@ -56,7 +56,7 @@ def print_compression(entry: Compression, count: int, metrics: dict[str, float])
 
     when = f"after epoch {entry.epoch}" if entry.epoch else "before training"
     console = Console()
-    if not console.is_terminal:  # a log file or a pipe: no terminal's width to fit, so no name cut short
+    if not console.is_terminal and not console.is_jupyter:  # a log file or a pipe: no width to fit, no name cut
         console = Console(width=max(console.width, 160))
     console.print(entry.recipe.table(title=f"PFA compression {count} {when}"))
     accuracy = ""

@@ -18,9 +18,15 @@ def _model_label(choice: str, name: str | None = None) -> str:
     return f"{choice}-{name}" if name else str(choice)
 
 
+SHIPPED = ("kl", "energy", "footprint", "uniform", "none")  # conf/pfa's variants, each named after its strategy
+
+
 def _strategy_label(choice: str, strategy: object = None) -> str:
-    """The run name's PFA part: the config choice, or the strategy really used when an override replaced it
-    (``pfa=kl pfa.strategy=uniform`` -> ``uniform``; ``pfa.strategy._target_=pfa_lightning.Energy`` -> ``energy``)."""
+    """The run name's PFA part: the config choice, or the strategy really used when an override replaced a
+    shipped variant's (``pfa=kl pfa.strategy=uniform`` -> ``uniform``; ``pfa.strategy._target_=pfa_lightning.Energy``
+    -> ``energy``). A variant of the user's own keeps its name."""
+    if str(choice) not in SHIPPED:
+        return str(choice)
     if isinstance(strategy, str):
         used = strategy
     elif hasattr(strategy, "get"):

@@ -27,6 +27,7 @@ def experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
 
     from pfa_lightning.experiments.runner import objective_values, run, user_error_message
 
+    capturing = logging._warnings_showwarning is not None  # type: ignore[attr-defined]  # (the host's choice)
     logging.captureWarnings(True)  # warnings into run.log too, through Hydra's handlers (printed once, as log lines)
     try:
         results = run(cfg)
@@ -41,7 +42,7 @@ def experiment(cfg: DictConfig) -> float | tuple[float, ...] | None:
             return objective_values(cfg, None)  # NaN objectives: a sweeper records a failed trial and goes on
         sys.exit(1)
     finally:
-        logging.captureWarnings(False)
+        logging.captureWarnings(capturing)
     return objective_values(cfg, results)
 
 

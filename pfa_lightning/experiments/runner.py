@@ -154,10 +154,14 @@ def _check_shortcuts(options: dict) -> None:
     stray = {k: options[k] for k in SHORTCUTS if options.get(k) is not None and k not in takes
              and not (k == "depth" and options[k] is False)}
     if stray:
-        given = " ".join(f"pfa.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in stray.items())
-        variants = " / ".join(sorted({f"pfa={SHORTCUTS[k]}" for k in stray}))
-        raise PFAError(f"{given} does not apply to {strategy!r}, which takes {sorted(takes) or 'no options'}: "
-                       f"choose the variant it sets ({variants}), e.g. {variants.split(' / ')[0]} {given}.")
+        shown = {k: f"pfa.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in stray.items()}
+        examples = {}  # one per variant: pfa=footprint pfa.ratio=0.3; pfa=energy pfa.threshold=0.9
+        for k in stray:
+            examples.setdefault(SHORTCUTS[k], []).append(shown[k])
+        raise PFAError(f"{' '.join(shown.values())} {'does' if len(stray) == 1 else 'do'} not apply to {strategy!r}, "
+                       f"which takes {sorted(takes) or 'no options'}: choose the variant that takes "
+                       f"{'it' if len(stray) == 1 else 'them'}, e.g. "
+                       + "; ".join(f"pfa={v} {' '.join(o)}" for v, o in examples.items()) + ".")
 
 
 def _loggers(cfg: DictConfig, out: Path) -> list:

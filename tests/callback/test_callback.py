@@ -328,7 +328,7 @@ def test_reset_starts_the_new_optimizer_empty():
     ({"strategy": "kl", "threshold": 0.9}, r"Strategy 'kl' takes no options, got unexpected \['threshold'\]"),
     ({"strategy": "energy", "threshold": 1.5}, r"`threshold` must be a number in \(0, 1\], got 1.5"),
     ({"strategy": "footprint", "ratio": 0.5, "metric": "seconds"}, r"`metric` must be one of \('params', 'flops', 'latency'\), got 'seconds'"),
-    ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random'\) or a selection callable.*got 'magnitude'"),
+    ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random', 'per_space'\) or a selection callable.*got 'magnitude'"),
     ({"compress_at": []}, r"`compress_at` must be an epoch number >= 0 .*got \[\]"),
     ({"compress_at": [-1]}, r"`compress_at` must be .*got \[-1\]"),
     ({"compress_at": [3, 3]}, r"`compress_at` must be .*distinct.*got \[3, 3\]"),

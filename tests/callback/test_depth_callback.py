@@ -11,7 +11,7 @@ from torch import nn
 from pfa_lightning import Footprint, PFACallback, PFAError, count_params, load_compressed
 from pfa_lightning.blocks import residual_blocks
 from pfa_lightning.models import build
-from tests.helpers.callback_models import NUM_CLASSES, _Classifier, loaders, quiet_trainer
+from tests.helpers.callback_models import NUM_CLASSES, ResidualNet, _Classifier, loaders, quiet_trainer
 
 
 class BlockNet(_Classifier):
@@ -38,8 +38,12 @@ def test_depth_meets_a_latency_widths_cannot_and_a_checkpoint_rebuilds_the_netwo
     blocks = residual_blocks(module, torch.randn(2, 3, 8, 8))
     # widths alone leave every convolution's overhead (about half the time): 0.4 is out of their reach
     widths_only = PFACallback(Footprint(0.4, metric="latency", timer=overhead_timer), compress_at=1, verbose=False)
-    with pytest.raises(PFAError, match="out of reach"):
+    with pytest.raises(PFAError, match=r"out of reach.*, or depth=True \(residual blocks go too\)"):
         quiet_trainer(max_epochs=2, callbacks=[widths_only]).fit(BlockNet(), *loaders())
+    plain = PFACallback("footprint", ratio=0.001, compress_at=1, verbose=False)  # its residual is no submodule
+    with pytest.raises(PFAError, match="out of reach") as refused:
+        quiet_trainer(max_epochs=2, callbacks=[plain]).fit(ResidualNet(), *loaders())
+    assert "depth" not in str(refused.value)
     callback = PFACallback(Footprint(0.4, metric="latency", timer=overhead_timer, depth=True), compress_at=1,
                            verbose=False)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)

@@ -358,3 +358,21 @@ def test_the_recipe_table_never_cuts_a_layer_name_short(capsys):
     print_compression(Compression(1, 10, recipe, 100, 50, 1000, 500), 1,
                       {"pfa/params_ratio": 0.5, "pfa/flops_ratio": 0.5})
     assert "a_rather_long_block_name_conv1" in capsys.readouterr().out
+
+
+def test_a_module_without_forward_is_told_to_define_it():
+    class NoForward(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+        def training_step(self, batch, _):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    with pytest.raises(pfa.PFAError, match=r"PFACallback runs NoForward\(inputs\).*Define `forward` to run the network"):
+        quiet_trainer(max_epochs=1, callbacks=[PFACallback(compress_at=[1])]).fit(
+            NoForward(), torch.utils.data.DataLoader(data, batch_size=8))

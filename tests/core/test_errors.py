@@ -31,10 +31,10 @@ def tiny():
         (lambda: pfa.resolve_strategy("energy", threshold=2), r"`threshold` must be a number in \(0, 1\], got 2"),
         (lambda: pfa.resolve_strategy("kl", depth=True), r"Strategy 'kl' takes no options, got unexpected \['depth'\]"),
         (lambda: pfa.Footprint(0.5, runtime="onnxruntime"),
-         r"runtime only apply to metric='latency' \(a time is measured\), not to metric='params'"),
+         r"runtime only applies to metric='latency' \(a time is measured\), not to metric='params'.*leave it out"),
         (lambda: pfa.Footprint(0.5, "flops", batch_size=8, timer=lambda m, x: 1.0),
          r"batch_size, timer only apply to metric='latency'.*not to metric='flops'"),
-        (lambda: pfa.Uniform(0.5, timer=lambda m, x: 1.0), r"timer only apply to metric='latency'.*metric='units'"),
+        (lambda: pfa.Uniform(0.5, timer=lambda m, x: 1.0), r"timer only applies to metric='latency'.*metric='units'"),
         (lambda: build("vgg17"), r"`name` must be one of \('vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet20'.*got 'vgg17'"),
         (lambda: build("vgg11", width=0), r"`width` must be a number > 0, got 0"),
         (lambda: build("resnet20", num_classes=0), r"`num_classes` must be an integer >= 1, got 0"),
@@ -60,7 +60,7 @@ def test_a_feature_a_strategy_lacks_may_be_turned_off_and_latency_options_at_the
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random'\) or a selection callable.*got 'magnitude'"),
+        ({"selection": "magnitude"}, r"`selection` must be one of \('abs_max', 'l1_max', 'max_energy', 'weight_l1', 'random', 'per_space'\) or a selection callable.*got 'magnitude'"),
         ({"min_units": 0}, r"`min_units` must be an integer >= 1, got 0"),
         ({"coupled": "merge"}, r"`coupled` must be one of \('joint', 'skip'\), got 'merge'"),
         ({"strategy": "svd"}, r"`strategy` must be one of .*got 'svd'"),
@@ -147,10 +147,22 @@ def test_inputs_that_do_not_fit_the_model_are_named_not_left_to_torch():
     with pytest.raises(pfa.PFAError, match=r"`dataloader` must be an iterable of batches .* got a Tensor of shape "
                                            r"\(8, 1, 32, 32\): pass \[x\] for one batch"):
         pfa.collect_responses(model, x, progress=False)
-    with pytest.raises(pfa.PFAError, match=r"SimpleCNN cannot run on the inputs given \(a batch of shape "
-                                           r"\(4, 3, 32, 32\)\): Given groups=1.*example_inputs="):
+    with pytest.raises(pfa.PFAError, match=r"SimpleCNN fails on the inputs it was given \(shapes \(4, 3, 32, 32\)\): "
+                                           r"Given groups=1.*Give inputs shaped as its training batches"):
         pfa.collect_responses(model, [torch.zeros(4, 3, 32, 32)], progress=False)
     stats = pfa.collect_responses(model, [x], progress=False)
-    with pytest.raises(pfa.PFAError, match=r"SimpleCNN cannot run on the inputs given \(a batch of shape \(2, 1, 8, 8\)\)"):
+    with pytest.raises(pfa.PFAError, match=r"SimpleCNN fails on the inputs it was given \(shapes \(2, 1, 8, 8\)\)"):
         pfa.make_recipe(model, stats, pfa.KL(), example_inputs=torch.zeros(2, 1, 8, 8))
+    assert not any(m._forward_hooks for m in model.modules())  # nothing the failed traces hooked is left behind
+
+    class Broken(nn.Module):  # a bug in the model, not the inputs: its own traceback
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            raise RuntimeError("something went wrong inside")
+
+    with pytest.raises(RuntimeError, match="something went wrong inside"):
+        pfa.collect_responses(Broken(), [x], progress=False)
     assert model.training and all(m.training for m in model.modules())  # the check left the modes as they were

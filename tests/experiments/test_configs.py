@@ -112,17 +112,20 @@ def test_the_uniform_baseline_is_a_choice_and_latency_options_given_to_another_m
     assert _pfa_callback(composed("pfa=uniform"), datamodule=None).strategy == pfa.Uniform(0.5)
     flops = _pfa_callback(composed("pfa=uniform", "pfa.metric=flops", "pfa.ratio=0.25"), datamodule=None)
     assert flops.strategy == pfa.Uniform(0.25, metric="flops")
-    with pytest.raises(Exception, match=r"runtime only apply to metric='latency'.*not to metric='params'"):
+    with pytest.raises(Exception, match=r"runtime only applies to metric='latency'.*not to metric='params'"):
         instantiate(composed("pfa=footprint", "pfa.runtime=onnxruntime").pfa.strategy)
 
 
 @pytest.mark.parametrize("overrides, match", [
     (["pfa=kl", "pfa.ratio=0.3"], r"pfa.ratio=0.3 does not apply to KL\(\), which takes no options: choose the "
-                                  r"variant it sets \(pfa=footprint\), e.g. pfa=footprint pfa.ratio=0.3."),
+                                  r"variant that takes it, e.g. pfa=footprint pfa.ratio=0.3\.$"),
     (["pfa=kl", "pfa.threshold=0.9"], r"pfa.threshold=0.9 does not apply to KL\(\).*e.g. pfa=energy pfa.threshold=0.9"),
     (["pfa=energy", "pfa.metric=flops"], r"pfa.metric=flops does not apply to Energy\(threshold=0.95\), which takes "
                                          r"\['threshold'\]"),
     (["pfa=uniform", "pfa.depth=true"], r"pfa.depth=true does not apply to Uniform.*e.g. pfa=footprint pfa.depth=true"),
+    (["pfa=kl", "pfa.ratio=0.3", "pfa.threshold=0.9"],
+     r"pfa.threshold=0.9 pfa.ratio=0.3 do not apply to KL\(\).*takes them, e.g. pfa=energy pfa.threshold=0.9; "
+     r"pfa=footprint pfa.ratio=0.3\.$"),
 ])
 def test_a_shortcut_the_chosen_variant_does_not_take_is_named_in_the_command_lines_words(overrides, match):
     from pfa_lightning import PFAError
@@ -130,7 +133,11 @@ def test_a_shortcut_the_chosen_variant_does_not_take_is_named_in_the_command_lin
 
     with pytest.raises(PFAError, match=match):
         _pfa_callback(composed(*overrides), datamodule=None)
+
+
+def test_turning_off_a_feature_the_variant_lacks_is_fine():
     import pfa_lightning as pfa
+    from pfa_lightning.experiments.runner import _pfa_callback
 
     assert _pfa_callback(composed("pfa=kl", "pfa.depth=false"), datamodule=None).strategy == pfa.KL()
 

@@ -75,6 +75,17 @@ def test_an_interrupted_run_says_how_to_resume_and_a_failed_one_logs_its_error(t
     assert "Error: `train.epochs` must be an integer >= 0, got 'abc'." in (failed / "run.log").read_text()
 
 
+def test_a_variant_of_the_users_own_keeps_its_name():
+    from omegaconf import OmegaConf
+
+    from pfa_lightning.experiments import _strategy_label
+
+    built = OmegaConf.create({"_target_": "pfa_lightning.Footprint", "ratio": 0.3})
+    assert _strategy_label("my_latency", built) == "my_latency"
+    assert _strategy_label("kl", built) == "footprint" and _strategy_label("footprint", built) == "footprint"
+    assert _strategy_label("kl", OmegaConf.create({"ratio": 0.3})) == "kl"  # no _target_: the choice
+
+
 def test_a_runs_warnings_reach_its_log_file(tmp_path):
     from tests.experiments.test_experiments import _cli
 
