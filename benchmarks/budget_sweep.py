@@ -270,7 +270,11 @@ def run(args) -> dict:
                     try:
                         recipe = default_recipe if arm == "footprint" else recipe_for(arm, base, stats, x, metric,
                                                                                       ratio, seed, default_recipe)
-                    except pfa.PFAError as err:  # a budget this arm cannot reach (skip: the streams stay whole)
+                    except pfa.PFAError as err:  # skip: a budget the streams kept whole put out of reach
+                        if arm != "skip":
+                            raise
+                        data["runs"][key] = {"unreachable": str(err)}  # recorded: a rerun does not try again
+                        save()
                         print(f"[{time.time() - started:5.0f}s] {key}: not reachable: {err}", flush=True)
                         continue
                     cut = copy.deepcopy(base)
@@ -298,8 +302,9 @@ def run(args) -> dict:
 
 # -- report ---------------------------------------------------------------------------------------
 def _values(data: dict, net: str, budget: str, arm: str, epochs: int, field: str) -> list[float]:
-    runs = data["runs"]
-    return [runs[k][field] for k in sorted(runs) if k.startswith(f"{net}|") and k.endswith(f"|{budget}|{arm}|{epochs}")]
+    runs = data["runs"]  # (an arm that could not reach the budget has no numbers)
+    return [runs[k][field] for k in sorted(runs)
+            if k.startswith(f"{net}|") and k.endswith(f"|{budget}|{arm}|{epochs}") and field in runs[k]]
 
 
 def _nets_with_runs(data: dict) -> list[str]:
