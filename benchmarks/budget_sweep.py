@@ -95,7 +95,7 @@ def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, 
         assert default_recipe is not None
         counts = {layer.group: layer.kept for layer in default_recipe.layers}
         selection = {"weight_l1": pfa.WeightL1(), "random": pfa.Random(seed), "max_energy": pfa.MaxEnergy(),
-                     "per_space": per_space}[arm]
+                     "per_space": pfa.PerSpace()}[arm]
         if default_recipe.blocks:  # the residual blocks it removed go too: its architecture exactly
             model = copy.deepcopy(model)
             remove_blocks(model, default_recipe.blocks)
@@ -112,10 +112,9 @@ def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, 
     return pfa.make_recipe(model, stats, strategy, example_inputs=x, selection=selection)
 
 
-def per_space(spectrum, keep, weights):
-    """MaxEnergy in a channel space one layer writes; weight L1 norm in one several layers add into (``weights``
-    holds one tensor per layer whose outputs live in the space)."""
-    return (pfa.WeightL1() if len(weights) > 1 else pfa.MaxEnergy())(spectrum, keep, weights)
+def _same_cut(a: pfa.Recipe, b: pfa.Recipe) -> bool:
+    """Whether two recipes remove exactly the same units and blocks."""
+    return a.blocks == b.blocks and [(l.name, l.kept_indices) for l in a] == [(l.name, l.kept_indices) for l in b]
 
 
 class _FixedWidths(pfa.Strategy):
@@ -276,6 +275,14 @@ def run(args) -> dict:
                         data["runs"][key] = {"unreachable": str(err)}  # recorded: a rerun does not try again
                         save()
                         print(f"[{time.time() - started:5.0f}s] {key}: not reachable: {err}", flush=True)
+                        continue
+                    twin = f"{net}|{seed}|{budget}|max_energy|{epochs}"
+                    if arm == "per_space" and twin in data["runs"] and _same_cut(recipe, recipe_for(
+                            "max_energy", base, stats, x, metric, ratio, seed, default_recipe)):
+                        # no coupled space (a plain net): the very same cut as max_energy, already trained and tested
+                        data["runs"][key] = {**data["runs"][twin], "same_as": "max_energy"}
+                        save()
+                        print(f"[{time.time() - started:5.0f}s] {key}: the same cut as max_energy", flush=True)
                         continue
                     cut = copy.deepcopy(base)
                     pfa.apply_recipe(cut, recipe, example_inputs=x, compensate_with=stats if arm.endswith("+comp") else None)
