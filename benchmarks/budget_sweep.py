@@ -22,6 +22,8 @@ fine-tuned for the same number of epochs, and tested:
   layers add into (residual streams) stay whole, the rest meets the budget (the same as ``max_energy`` on a plain net);
 - ``max_energy+kd``: ``max_energy``'s cut fine-tuned with distillation from the full network (the callback's
   ``distill=True``: temperature 4, half of the loss);
+- ``gradual``: ``pfa.Footprint(r, metric, steps=3)`` with ``pfa.PerSpace()``: three cuts, each analysed afresh on the
+  network the last one left, BatchNorm-recalibrated and fine-tuned for its share of the same epochs (1, 1, 2 of 4);
 - ``scratch``: ``uniform``'s architecture trained from random weights for the same total epochs as the
   full network plus its fine-tuning (Liu et al. 2019, "Rethinking the value of network pruning").
 
@@ -63,7 +65,9 @@ NETS = {"vgg16": {"width": 0.25}, "resnet20": {}}
 ARMS = ("footprint", "footprint-energy", "uniform", "weight_l1", "random", "max_energy", "scratch",
         "footprint+comp", "weight_l1+comp", "max_energy+comp",  # +comp: removed units folded into kept ones
         "per_space",  # a candidate default: MaxEnergy where one layer writes the channels, weight L1 where several add
-        "skip", "max_energy+kd")  # residual streams kept whole; the default fine-tuned with distillation
+        "skip", "max_energy+kd",  # residual streams kept whole; the default fine-tuned with distillation
+        "gradual")  # per_space's cut reached in 3 steps, fine-tuning between them (the same epochs in all)
+GRADUAL_STEPS = 3
 DEFAULT_ARM = "max_energy"  # the library's default: pfa.Footprint(r, metric), MaxEnergy selection
 LONG_ARMS = ("footprint", "uniform", "weight_l1")
 # per data set: the protocol's defaults (each a command-line option)
@@ -110,6 +114,27 @@ def recipe_for(arm: str, model, stats, x, metric: str, ratio: float, seed: int, 
     strategy = pfa.Footprint(ratio, metric) if allocation is None else pfa.Footprint(ratio, metric, allocation=allocation)
     selection = pfa.WeightL1() if arm == "uniform" else "abs_max"  # the naive baseline: uniform width, L1 filters
     return pfa.make_recipe(model, stats, strategy, example_inputs=x, selection=selection)
+
+
+def gradual(base, stats, analysis, dm, x, metric: str, ratio: float, epochs: int, args):
+    """``Footprint(ratio, metric, steps=GRADUAL_STEPS)`` as the callback runs it: each step cuts the share
+    ``Footprint.step`` gives, analysed on the network the last step left, then recalibrates and fine-tunes for
+    its part of ``epochs`` (the last step the most). Returns the network and the last step's recipe."""
+    cut, left = copy.deepcopy(base), 1.0
+    full = pfa.count_params(base) if metric == "params" else pfa.count_flops(base, x)
+    strategy = pfa.Footprint(ratio, metric, steps=GRADUAL_STEPS)
+    shares = [epochs // GRADUAL_STEPS] * GRADUAL_STEPS
+    shares[-1] += epochs - sum(shares)
+    for i, share in enumerate(shares):
+        if i:
+            stats = pfa.collect_responses(cut, analysis, max_samples=args.max_samples, progress=False)
+        recipe = pfa.make_recipe(cut, stats, strategy.step(left, GRADUAL_STEPS - i), example_inputs=x,
+                                 selection=pfa.PerSpace())
+        pfa.apply_recipe(cut, recipe, example_inputs=x)
+        update_bn(analysis, cut)
+        train(cut, dm, share, args.lr * 0.2)
+        left = (pfa.count_params(cut) if metric == "params" else pfa.count_flops(cut, x)) / full
+    return cut, recipe
 
 
 def _same_cut(a: pfa.Recipe, b: pfa.Recipe) -> bool:
@@ -266,6 +291,17 @@ def run(args) -> dict:
                         continue
                     t0 = time.time()
                     torch.manual_seed(seed)
+                    if arm == "gradual":
+                        cut, recipe = gradual(base, stats, analysis, dm, x, metric, ratio, epochs, args)
+                        data["runs"][key] = {
+                            "params": pfa.count_params(cut) / params0, "flops": pfa.count_flops(cut, x) / flops0,
+                            "final": accuracy(cut, dm), "widths": [layer.kept for layer in recipe.layers],
+                            "seconds": time.time() - t0, "steps": GRADUAL_STEPS,
+                        }
+                        save()
+                        print(f"[{time.time() - started:5.0f}s] {key}: {data['runs'][key]['final']:.4f} "
+                              f"({metric} {data['runs'][key][metric]:.3f}, {time.time() - t0:.0f} s)", flush=True)
+                        continue
                     try:
                         recipe = default_recipe if arm == "footprint" else recipe_for(arm, base, stats, x, metric,
                                                                                       ratio, seed, default_recipe)
@@ -414,7 +450,8 @@ def section(data: dict) -> list[str]:
            "`per_space`: `footprint`'s widths, MaxEnergy where one layer writes a channel space and weight L1 where "
            "several add into it (a residual stream); `skip`: `pfa.Footprint(r, metric)` with `coupled=\"skip\"` "
            "(residual streams whole, the rest meets the budget); `max_energy+kd`: `max_energy`'s cut fine-tuned with "
-           "distillation from the full network (the callback's `distill=True`). "
+           "distillation from the full network (the callback's `distill=True`); `gradual`: `pfa.Footprint(r, metric, steps=3)` "
+           "with `pfa.PerSpace()`, three cuts each analysed afresh and fine-tuned for 1, 1 and 2 of the 4 epochs. "
            f"Verdict: the default (`{DEFAULT_ARM}`) against uniform and weight-L1, "
            "given from 3 seeds on: a win or a loss beyond the larger of the two arms' standard deviations, a tie "
            "within it. Training on this CPU is not bitwise reproducible, so read single cells with their spread.", ""]
