@@ -244,9 +244,10 @@ class Random(Selection):
 
 @dataclass(frozen=True)
 class PerSpace(Selection):
-    """One selection where a single layer writes a channel space, another where several layers do (a coupled
-    space: a residual stream, which every block of a stage reads and adds into; a depthwise convolution and the
-    layer before it). ``single`` and ``coupled`` are selections or their names.
+    """One selection where a single layer writes a channel space, another where several layers add into it (a
+    residual stream, which every block of a stage reads and adds into; see :func:`adds_into`: a depthwise
+    convolution sharing the channels of the layer before it is not one). ``single`` and ``coupled`` are
+    selections or their names.
 
     The default pairs MaxEnergy with weight L1: in a residual stream the pooled responses of the members describe
     the stream poorly (each member adds one part of it), and on Fashion-MNIST's ResNet-20 weight L1 chose better
@@ -269,7 +270,14 @@ class PerSpace(Selection):
                 raise fail(f"PerSpace.{key}", f"one of {tuple(SELECTIONS)} or a selection callable", value)
 
     def __call__(self, spectrum: Spectrum, keep: int, weights: Sequence[Tensor]) -> np.ndarray:
-        return resolve_selection(self.coupled if len(weights) > 1 else self.single)(spectrum, keep, weights)
+        return resolve_selection(self.coupled if adds_into(weights) else self.single)(spectrum, keep, weights)
+
+
+def adds_into(weights: Sequence[Tensor]) -> bool:
+    """Whether a channel space is written by two or more layers whose filters each read several channels (their
+    outputs are added: a residual stream), not by one such layer and the per-channel filters of a depthwise
+    convolution that follows it (``(C, 1, k, k)``), which share its channels without adding to them."""
+    return sum(w.dim() != 4 or w.shape[1] > 1 for w in weights) > 1
 
 
 SELECTIONS: dict[str, type[Selection]] = {cls.name: cls for cls in (AbsMax, L1Max, MaxEnergy, WeightL1, Random,
@@ -333,5 +341,5 @@ def select_units(spectrum: Spectrum, keep: int, selection: SelectionLike = "max_
     return np.sort(kept)
 
 
-__all__ = ["AbsMax", "L1Max", "MaxEnergy", "PerSpace", "Random", "SELECTIONS", "Selection", "WeightL1",
+__all__ = ["AbsMax", "L1Max", "MaxEnergy", "PerSpace", "Random", "SELECTIONS", "Selection", "WeightL1", "adds_into",
            "resolve_selection", "select_units", "selection_name"]

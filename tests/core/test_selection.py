@@ -152,6 +152,21 @@ def test_per_space_breaks_ties_by_the_lower_index_in_both_kinds_of_space():
     assert select(spectrum, 3, [louder, same]).tolist() == [0, 1, 5]  # coupled: the larger filters
 
 
+def test_a_depthwise_convolution_sharing_a_layers_channels_is_no_stream():
+    from pfa_lightning.selection import adds_into
+
+    conv, dw, stem, linear = torch.ones(6, 4, 3, 3), torch.ones(6, 1, 3, 3), torch.ones(6, 1, 3, 3), torch.ones(6, 5)
+    assert adds_into([conv, conv]) and adds_into([stem, conv, conv]) and adds_into([linear, linear])
+    assert not adds_into([conv]) and not adds_into([conv, dw]) and not adds_into([linear])
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(500, 6)) * np.array([1, 1, 1, 1, 5, 5])  # the loud units 4 and 5 carry the energy
+    spectrum = pfa.Spectrum("s", np.cov(z.T), 500)
+    loud_l1 = conv.clone()
+    loud_l1[:2] *= 3  # the largest filters: units 0 and 1
+    assert pfa.PerSpace()(spectrum, 2, [loud_l1, dw]).tolist() == [4, 5]  # MaxEnergy, as for one layer
+    assert pfa.PerSpace()(spectrum, 2, [loud_l1, conv]).tolist() == [0, 1]  # a stream: weight L1
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"coupled": "foo"}, r"`PerSpace.coupled` must be one of \('abs_max', .*got 'foo'"),
     ({"single": pfa.MaxEnergy}, r"`PerSpace.single` must be one of .* or a selection callable, got <class"),
