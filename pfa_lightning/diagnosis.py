@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 from torch import nn
 
@@ -73,15 +73,18 @@ def warn_degenerate(spaces: list[ChannelSpace], counts: list[int], spectra: list
                       "size you want with Footprint(ratio) if that is not intended.", stacklevel=3)
 
 
-def depth_hint_checked(err: PFAError, model: nn.Module, example_inputs: Any) -> PFAError:
-    """``err`` without its suggestion of ``depth=True`` where ``model`` has no residual block to remove."""
-    if DEPTH_HINT not in str(err):
-        return err
-    try:
-        found = residual_blocks(model, example_inputs)
-    except Exception:  # noqa: BLE001 - the model cannot be searched: the hint may still help
-        return err
-    return err if found else PFAError(str(err).replace(DEPTH_HINT, ""))
+def raise_depth_hint_checked(err: PFAError, model: nn.Module, example_inputs: Any) -> NoReturn:
+    """Raise ``err`` (call it in an ``except`` block), without its suggestion of ``depth=True`` where ``model``
+    has no residual block to remove."""
+    if DEPTH_HINT in str(err):
+        try:
+            found = residual_blocks(model, example_inputs)
+        except Exception:  # noqa: BLE001 - the model cannot be searched: the hint may still help
+            found = True
+        if not found:
+            raise PFAError(str(err).replace(DEPTH_HINT, "")) from None
+    raise err
 
 
-__all__ = ["STARVED_UNITS", "depth_hint_checked", "STARVED_WIDTH", "TINY_FRACTION", "starved", "warn_degenerate", "warn_nothing_cut"]
+__all__ = ["STARVED_UNITS", "STARVED_WIDTH", "TINY_FRACTION", "raise_depth_hint_checked", "starved", "warn_degenerate",
+           "warn_nothing_cut"]

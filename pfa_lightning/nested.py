@@ -147,12 +147,12 @@ def first_input(batch: Any) -> Any:
 _SHAPE_WORDS = re.compile(r"shape|size|channels|dimension|Expected \d+D|expected input", re.IGNORECASE)
 
 
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 def _shape_error(err: BaseException) -> bool:
     return (isinstance(err, RuntimeError) and not isinstance(err, (NotImplementedError, _OUT_OF_MEMORY))
             and bool(_SHAPE_WORDS.search(str(err))))
-
-
-_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def check_inputs_fit(model: nn.Module, example_inputs: Any, err: BaseException) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from pfa_lightning.activations import UNKNOWN_NOTE
-from pfa_lightning.diagnosis import depth_hint_checked, starved, warn_degenerate, warn_nothing_cut
+from pfa_lightning.diagnosis import raise_depth_hint_checked, starved, warn_degenerate, warn_nothing_cut
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import probe_for
 from pfa_lightning.candidates import uncuttable_spaces
@@ -334,9 +334,7 @@ def make_recipe(
         try:
             decision = strategy.decide(spectra, clamp, measured if probe is not None else None)
         except PFAError as err:  # "or depth=True" only where there are residual blocks to remove
-            if (checked := depth_hint_checked(err, model, example_inputs)) is err:
-                raise
-            raise checked from None
+            raise_depth_hint_checked(err, model, example_inputs)
     if all(k >= sp.units for k, sp in zip(decision.counts, spectra)) and not removed_blocks:
         warn_nothing_cut(graph, spectra, broken, stats, min_units, coupled, strategy)
 

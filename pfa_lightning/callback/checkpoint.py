@@ -158,8 +158,13 @@ def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: b
     ``weights_only=True``: a real checkpoint holding objects that refuses (a pickled class), and a remote file
     (``s3://...``), are left to Lightning; bytes torch.save did not write are refused before torch reads them
     (torch calls them a weights_only refusal too, and advises weights_only=False)."""
+    return _read_checked(path, name, resume)[0]
+
+
+def _read_checked(path: Any, name: str, resume: bool) -> tuple[str, bool]:
+    """:func:`check_checkpoint_file`'s work, and whether the file read with ``weights_only=True`` (plain data)."""
     if "://" in str(path):
-        return str(path)
+        return str(path), False
     file = Path(str(path))
     if not file.is_file():
         raise PFAError(f"`{name}` {str(file)!r} is not a file (a Lightning checkpoint, e.g. a run's checkpoints/last.ckpt).")
@@ -178,25 +183,14 @@ def check_checkpoint_file(path: Any, name: str = "checkpoint_path", *, resume: b
         checkpoint = load_plain(file)
     except Exception as err:  # noqa: BLE001 - any failure to read it is the same user error
         if refused_as_unsafe(err, file):
-            return str(file)  # readable, but holds objects weights_only refuses: Lightning decides
+            return str(file), False  # holds objects weights_only refuses: Lightning decides
         raise PFAError(f"`{name}` {str(file)!r} cannot be read as a PyTorch checkpoint (truncated or not a "
                        f"checkpoint: {first_line(err)}).") from None
     keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else []
     if not ({"state_dict", "epoch", "global_step"} if resume else {"state_dict"}) <= set(keys):
         what = f"a dict with keys {keys[:8]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         raise PFAError(f"`{name}` {str(file)!r} is not a Lightning checkpoint (it holds {what}).")
-    return str(file)
-
-
-def _holds_plain_data(path: Any) -> bool:
-    """Whether the local checkpoint ``path`` reads with ``weights_only=True`` (tensors and plain values only)."""
-    if "://" in str(path):
-        return False
-    try:
-        load_plain(Path(str(path)))
-    except Exception:  # noqa: BLE001 - objects weights_only refuses: Lightning's default decides, and warns
-        return False
-    return True
+    return str(file), True
 
 
 def check_module_class(cls: Any, name: str = "module_class", shown: Any = None) -> type:
@@ -237,9 +231,9 @@ def load_compressed(module_class: type[pl.LightningModule], checkpoint_path: Any
     """
     check_module_class(module_class)
     if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
-        check_checkpoint_file(checkpoint_path)
+        _, plain = _read_checked(checkpoint_path, "checkpoint_path", False)
         takes = "weights_only" in inspect.signature(module_class.load_from_checkpoint).parameters  # Lightning >= 2.6
-        if takes and kwargs.get("weights_only") is None and _holds_plain_data(checkpoint_path):
+        if takes and kwargs.get("weights_only") is None and plain:
             kwargs["weights_only"] = True  # tensors and plain values only: read safely, without Lightning's warning
     stage = ["read"]  # -> "build" (the class's __new__) -> "restore" (its on_load_checkpoint) -> "weights"
 

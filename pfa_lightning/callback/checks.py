@@ -11,7 +11,7 @@ from pfa_lightning.blocks import residual_blocks
 from pfa_lightning.callback.namespace import lightning_of
 from pfa_lightning.callback.record import Compression
 from pfa_lightning.candidates import analysable_layers
-from pfa_lightning.diagnosis import depth_hint_checked
+from pfa_lightning.diagnosis import raise_depth_hint_checked
 from pfa_lightning.errors import PFAError
 from pfa_lightning.footprint import probe_for
 from pfa_lightning.graph import ModelGraph
@@ -104,9 +104,7 @@ def _check_reachable(pl_module: pl.LightningModule, graph: ModelGraph, chosen: s
     try:
         strategy.check(floor, probe.full, f"for {type(pl_module).__name__} (every analysed layer at min_units={min_units})")
     except PFAError as err:  # "or depth=True" only where there are residual blocks to remove
-        if (checked := depth_hint_checked(err, pl_module, inputs)) is err:
-            raise
-        raise checked from None
+        raise_depth_hint_checked(err, pl_module, inputs)
 
 
 __all__ = ["check_module", "check_schedule", "check_trainer", "pending_epochs", "strategy_now"]
